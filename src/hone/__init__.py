@@ -1,0 +1,3 @@
+"""hone: the fine-tuning lifecycle for large language models."""
+
+__version__ = "0.1.0"

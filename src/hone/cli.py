@@ -1,0 +1,118 @@
+"""The `hone` command: one table of command name -> function, no logic of its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from hone.errors import HoneError
+
+console = Console()
+errors = Console(stderr=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="hone: the fine-tuning lifecycle for LLMs.")
+config_app = typer.Typer(no_args_is_help=True, help="Validate and show configs.")
+models_app = typer.Typer(no_args_is_help=True, help="Model references and the conversion cache.")
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.learning_rate=1e-4")]
+
+
+@config_app.command("validate")
+def config_validate(path: Path, overrides: Overrides = None) -> None:
+    """Check a config file; exit code 2 with the full path of every bad field."""
+    from hone.config import load_config
+
+    load_config(path, overrides)
+    console.print(f"[green]ok[/] {path}")
+
+
+@config_app.command("show")
+def config_show(path: Path, overrides: Overrides = None) -> None:
+    """Print the resolved config: the file, overrides applied, every default spelled out."""
+    from hone.config import dump_config, load_config
+
+    console.print(dump_config(load_config(path, overrides)), end="", markup=False, highlight=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Built-in aliases and converted models in the cache, with their sizes."""
+    from hone.models.resolve import ALIASES, cached_models, models_cache
+
+    cached = {name: size for name, _, size in cached_models()}
+    table = Table(title=f"Models (cache: {models_cache()})")
+    for column in ("name", "kind", "source", "cached size"):
+        table.add_column(column)
+    for name, alias in ALIASES.items():
+        size = cached.pop(name, None)
+        table.add_row(name, "alias", alias.description, human_size(size) if size else "not converted yet")
+    for name, size in cached.items():
+        table.add_row(name, "converted", "local GGUF", human_size(size))
+    console.print(table)
+
+
+@app.command("train")
+def train(config: ConfigOption, overrides: Overrides = None) -> None:
+    """Train as the config says (validates data first) and evaluate before and after on the test split."""
+    quickstart(config, overrides)
+
+
+@app.command("quickstart")
+def quickstart(
+    config: ConfigOption = Path("configs/quickstart.yaml"), overrides: Overrides = None
+) -> None:
+    """The main job end to end on the example task: check data, evaluate, LoRA SFT, evaluate, compare."""
+    from hone.config import load_config
+    from hone.quickstart import run_quickstart
+
+    run_quickstart(load_config(config, overrides), console)
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("HONE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except HoneError as exc:
+        errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and advice would bury hone's own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

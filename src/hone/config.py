@@ -1,0 +1,211 @@
+"""HoneConfig: one typed config for the whole lifecycle, loaded from YAML plus dotted overrides.
+
+Overrides (`train.learning_rate=1e-4`) are applied to the raw dict *before* validation, so an error in
+an override names the same full path as an error in the file. The validated object is passed through
+the program as is; stages read it, they never turn it back into a loose dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hone.errors import HoneError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    reference: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a built-in alias, a local Hugging Face folder, a local .gguf file or a hub id.",
+    )
+    max_length: int = Field(
+        512, ge=16, description="Longest tokenised example; longer ones are truncated (and reported)."
+    )
+
+
+class DataConfig(Strict):
+    train: Path = Field(description="Training examples (chat `messages` JSONL).")
+    validation: Path | None = Field(None, description="Validation examples, for eval loss during training.")
+    test: Path | None = Field(None, description="Frozen held-out examples for evaluation; never trained on.")
+    system_prompt: str | None = Field(
+        None, description="System prompt put in front of examples that have none; None leaves them as they are."
+    )
+
+
+class LoraAdapter(Strict):
+    kind: Literal["lora"] = Field("lora", description="Low-rank adapters on a frozen full-precision base.")
+    r: int = Field(16, ge=1, description="Rank of the update matrices.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or a list of module names."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+
+
+class QLoraAdapter(LoraAdapter):
+    kind: Literal["qlora"] = Field("qlora", description="LoRA on a 4-bit NF4 base (bitsandbytes).")  # type: ignore[assignment]
+
+
+class FullAdapter(Strict):
+    kind: Literal["full"] = Field("full", description="Every weight of the model is trained.")
+
+
+Adapter = Annotated[LoraAdapter | QLoraAdapter | FullAdapter, Field(discriminator="kind")]
+
+
+class TrainConfig(Strict):
+    method: Literal["sft"] = Field("sft", description="Training method.")
+    adapter: Adapter = Field(default_factory=LoraAdapter, description="full, lora or qlora, with its settings.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate; None picks 2e-4 for LoRA/QLoRA and 2e-5 for full."
+    )
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the rate.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp32 on CPU (bf16 is ~15x slower there), bf16 on GPUs that support it."
+    )
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
+    )
+    eval_every: int | None = Field(None, ge=1, description="Validation loss every N steps; None: once per epoch.")
+    logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
+    seed: int = Field(42, description="Seed for weights init, dropout and data order.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_shorthand(cls, data: Any) -> Any:
+        """Let `adapter: lora` (or the override `train.adapter=qlora`) stand for `adapter: {kind: lora}`."""
+        if isinstance(data, dict) and isinstance(data.get("adapter"), str):
+            data = {**data, "adapter": {"kind": data["adapter"]}}
+        return data
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-5 if self.adapter.kind == "full" else 2e-4
+
+
+class EvaluateConfig(Strict):
+    json_schema: Path | None = Field(
+        None, description="JSON Schema the outputs must follow; enables schema adherence and per-field scores."
+    )
+    max_new_tokens: int = Field(96, ge=1, description="Longest generated answer.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded, KV cache).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N test examples.")
+
+
+class RunConfig(Strict):
+    name: str | None = Field(None, description="Run folder name; None: '<method>-<adapter>-<timestamp>'.")
+    dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+
+
+class HoneConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    data: DataConfig = Field(description="Where the examples are.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="How to train.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="How to evaluate.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Where the run is recorded.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value`; the value is read as YAML so numbers, booleans and lists get their types."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise HoneError(f"override {text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a copy of the raw config dict; intermediate sections are created."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and path[: depth + 1] == ["train", "adapter"]:
+                child = {"kind": child}  # `adapter: lora` shorthand, then `train.adapter.r=8`
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise HoneError(f"override {text!r}: {'.'.join(path[: depth + 1])} is not a section")
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def without_union_tags(location: tuple[Any, ...]) -> list[Any]:
+    """Drop the discriminator tag pydantic puts in paths (`train.adapter.lora.r` -> `train.adapter.r`)."""
+    parts: list[Any] = []
+    for part in location:
+        if parts and parts[-1] == "adapter" and part in ("lora", "qlora", "full"):
+            continue
+        parts.append(part)
+    return parts
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the full dotted path of the field."""
+    lines = [f"{source}: invalid config"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in without_union_tags(item["loc"]))
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) or item["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {path}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise HoneError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise HoneError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise HoneError(f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> HoneConfig:
+    """Read YAML, apply dotted overrides, validate; every error is a HoneError naming file and field."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    try:
+        return HoneConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise HoneError(format_validation_error(exc, str(path))) from None
+
+
+def dump_config(config: HoneConfig) -> str:
+    """The resolved config as YAML, every default spelled out, as written into each run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

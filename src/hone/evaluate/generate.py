@@ -1,0 +1,69 @@
+"""Batched greedy generation for evaluation: left padding, KV cache, prompts sorted by length.
+
+Sorting by length keeps padding (wasted compute) small inside each batch; results are returned in the
+caller's order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall time of the batch it was generated in, shared by its members
+
+
+def generate_chat(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Greedy replies to each chat prompt (messages ending before the assistant's turn)."""
+    rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[Generation | None] = [None] * len(encoded)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = encoded[index]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        began = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        seconds = time.perf_counter() - began
+        for row, index in enumerate(batch):
+            new_tokens = output[row, width:].tolist()
+            if tokenizer.eos_token_id in new_tokens:
+                new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id) + 1]
+            text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+            results[index] = Generation(text, len(encoded[index]), len(new_tokens), seconds)
+        if on_batch:
+            on_batch(len(batch))
+    return [item for item in results if item is not None]

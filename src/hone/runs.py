@@ -1,0 +1,141 @@
+"""The run folder: everything one run produced, described by `manifest.json`.
+
+Later stages (evaluation, the registry, serving) read a run only through this folder and its manifest,
+never through the training code's internals. Layout:
+
+    runs/<name>/
+      manifest.json     what, from what, by which code, with which results (the lineage record)
+      config.yaml       the resolved config, every default spelled out
+      adapter/          PEFT adapter weights (LoRA/QLoRA) or model/ for full fine-tuning
+      history.jsonl     training and validation loss per logged step
+      metrics.json      evaluation results
+      eval/<label>.jsonl  per-example predictions of each evaluated model
+
+The manifest is rewritten atomically at every stage, so its `status` (running, completed, failed) is
+always true to what is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hone
+from hone.config import HoneConfig, dump_config
+from hone.errors import HoneError
+from hone.io import atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> dict[str, Any]:
+    """hone's version, and the git commit (with a dirty flag) when hone runs from a checkout."""
+    source = Path(hone.__file__).resolve().parent
+    version: dict[str, Any] = {"hone": hone.__version__, "git_commit": None, "git_dirty": None}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            version["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(
+                ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            version["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def default_run_name(config: HoneConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{config.train.method}-{config.train.adapter.kind}-{stamp}"
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @classmethod
+    def create(cls, config: HoneConfig) -> RunFolder:
+        """Make the folder, write the resolved config and a `running` manifest. Refuses to overwrite a run."""
+        name = config.run.name or default_run_name(config)
+        path = config.run.dir / name
+        if path.exists():
+            raise HoneError(f"{path}: run folder already exists; choose another run.name")
+        path.mkdir(parents=True)
+        run = cls(path)
+        atomic_write_text(path / "config.yaml", dump_config(config))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "name": name,
+            "status": "running",
+            "created_at": now(),
+            "code_version": code_version(),
+            "hardware": hardware(),
+            "method": config.train.method,
+            "adapter": config.train.adapter.kind,
+            "base_model": {"reference": config.model.reference},
+            "artifacts": {"config": "config.yaml"},
+        }
+        atomic_write_json(path / MANIFEST, manifest)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        if not (path / MANIFEST).is_file():
+            raise HoneError(f"{path}: not a run folder (no {MANIFEST})")
+        return cls(path)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Merge top-level fields into the manifest (dicts are merged one level deep) and rewrite it."""
+        manifest = self.manifest
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key] = {**manifest[key], **value}
+            else:
+                manifest[key] = value
+        atomic_write_json(self.path / MANIFEST, manifest)
+        return manifest
+
+    def add_artifact(self, name: str, relative_path: str) -> None:
+        self.update(artifacts={name: relative_path})
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"status": status, "finished_at": now()}
+        if error:
+            fields["error"] = error
+        self.update(**fields)
