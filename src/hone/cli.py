@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,14 +18,18 @@ from hone.errors import HoneError
 
 console = Console()
 errors = Console(stderr=True)
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="hone: the fine-tuning lifecycle for LLMs.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="hone: the fine-tuning lifecycle for LLMs."
+)
 config_app = typer.Typer(no_args_is_help=True, help="Validate and show configs.")
 models_app = typer.Typer(no_args_is_help=True, help="Model references and the conversion cache.")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.learning_rate=1e-4")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.learning_rate=1e-4")
+]
 
 
 @config_app.command("validate")
@@ -68,9 +73,7 @@ def train(config: ConfigOption, overrides: Overrides = None) -> None:
 
 
 @app.command("quickstart")
-def quickstart(
-    config: ConfigOption = Path("configs/quickstart.yaml"), overrides: Overrides = None
-) -> None:
+def quickstart(config: ConfigOption = Path("configs/quickstart.yaml"), overrides: Overrides = None) -> None:
     """The main job end to end on the example task: check data, evaluate, LoRA SFT, evaluate, compare."""
     from hone.config import load_config
     from hone.quickstart import run_quickstart
@@ -90,7 +93,9 @@ def human_size(size: int | None) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("HONE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("HONE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     quiet_libraries()
     try:
         app(standalone_mode=False)
@@ -112,6 +117,10 @@ def quiet_libraries() -> None:
     """Library progress bars and advice would bury hone's own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import datasets
+
+    datasets.disable_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -27,7 +27,7 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     reference: str = Field(
         DEFAULT_MODEL,
-        description="Base model: a built-in alias, a local Hugging Face folder, a local .gguf file or a hub id.",
+        description="Base model: built-in alias, local Hugging Face folder, local .gguf file or hub id.",
     )
     max_length: int = Field(
         512, ge=16, description="Longest tokenised example; longer ones are truncated (and reported)."
@@ -39,7 +39,8 @@ class DataConfig(Strict):
     validation: Path | None = Field(None, description="Validation examples, for eval loss during training.")
     test: Path | None = Field(None, description="Frozen held-out examples for evaluation; never trained on.")
     system_prompt: str | None = Field(
-        None, description="System prompt put in front of examples that have none; None leaves them as they are."
+        None,
+        description="System prompt put in front of examples that have none; None leaves them as they are.",
     )
 
 
@@ -68,11 +69,15 @@ Adapter = Annotated[LoraAdapter | QLoraAdapter | FullAdapter, Field(discriminato
 
 class TrainConfig(Strict):
     method: Literal["sft"] = Field("sft", description="Training method.")
-    adapter: Adapter = Field(default_factory=LoraAdapter, description="full, lora or qlora, with its settings.")
+    adapter: Adapter = Field(
+        default_factory=LoraAdapter, description="full, lora or qlora, with its settings."
+    )
     learning_rate: float | None = Field(
         None, gt=0, description="Peak learning rate; None picks 2e-4 for LoRA/QLoRA and 2e-5 for full."
     )
-    epochs: float = Field(3.0, gt=0, description="Passes over the training split (ignored when max_steps is set).")
+    epochs: float = Field(
+        3.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(4, ge=1, description="Examples per device per forward pass.")
     gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
@@ -87,16 +92,20 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
     )
-    eval_every: int | None = Field(None, ge=1, description="Validation loss every N steps; None: once per epoch.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Validation loss every N steps; None: once per epoch."
+    )
     logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
     seed: int = Field(42, description="Seed for weights init, dropout and data order.")
 
     @model_validator(mode="before")
     @classmethod
     def _adapter_shorthand(cls, data: Any) -> Any:
-        """Let `adapter: lora` (or the override `train.adapter=qlora`) stand for `adapter: {kind: lora}`."""
+        """`adapter: lora` (or `train.adapter=qlora`) means `adapter: {kind: lora}`; kind defaults to lora."""
         if isinstance(data, dict) and isinstance(data.get("adapter"), str):
             data = {**data, "adapter": {"kind": data["adapter"]}}
+        if isinstance(data, dict) and isinstance(data.get("adapter"), dict) and "kind" not in data["adapter"]:
+            data = {**data, "adapter": {"kind": "lora", **data["adapter"]}}
         return data
 
     def resolved_learning_rate(self) -> float:
@@ -107,7 +116,8 @@ class TrainConfig(Strict):
 
 class EvaluateConfig(Strict):
     json_schema: Path | None = Field(
-        None, description="JSON Schema the outputs must follow; enables schema adherence and per-field scores."
+        None,
+        description="JSON Schema the outputs must follow; enables schema adherence and per-field scores.",
     )
     max_new_tokens: int = Field(96, ge=1, description="Longest generated answer.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded, KV cache).")
@@ -192,7 +202,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise HoneError(f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+        raise HoneError(
+            f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}"
+        )
     return raw
 
 

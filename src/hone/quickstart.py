@@ -128,7 +128,14 @@ def train_and_compare(
     result = train_sft(config, model_path, tokenizer, splits.train, splits.validation, run, console)
     tuned = result.model.merge_and_unload() if hasattr(result.model, "merge_and_unload") else result.model
     after = evaluate_model(
-        "fine-tuned", tuned, tokenizer, splits.test, schema, settings.max_new_tokens, settings.batch_size, console
+        "fine-tuned",
+        tuned,
+        tokenizer,
+        splits.test,
+        schema,
+        settings.max_new_tokens,
+        settings.batch_size,
+        console,
     )
     save_predictions(run, after)
     summary = {
@@ -155,6 +162,8 @@ def save_predictions(run: RunFolder, evaluation: Evaluation) -> None:
 
 def headline(scores: dict[str, Any]) -> dict[str, float]:
     """The figures the registry and promotion gates compare: flat, numeric."""
-    flat = {name: scores[name] for name in ("json_valid", "schema_valid", "exact_match", "mean_field_accuracy")}
+    flat = {
+        name: scores[name] for name in ("json_valid", "schema_valid", "exact_match", "mean_field_accuracy")
+    }
     flat.update({f"{field}_accuracy": value for field, value in scores["field_accuracy"].items()})
     return flat

@@ -50,7 +50,9 @@ def message_problems(messages: Any) -> list[tuple[str, str]]:
         elif not content.strip() and role == "assistant":
             problems.append((f"{where}.content", "assistant message is empty"))
     if not problems and messages[-1].get("role") != "assistant":
-        problems.append(("messages", "last message must be the assistant's answer (nothing to learn otherwise)"))
+        problems.append(
+            ("messages", "last message must be the assistant's answer (nothing to learn otherwise)")
+        )
     return problems
 
 

@@ -49,12 +49,20 @@ def evaluate_model(
     prompts = [prompt_messages(e.messages) for e in examples]
     references = [e.messages[-1]["content"] for e in examples]
     with Progress(
-        TextColumn(f"[bold]evaluating {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn(f"[bold]evaluating {label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=console,
     ) as progress:
         task = progress.add_task(label, total=len(prompts))
         generations = generate_chat(
-            model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=lambda n: progress.advance(task, n)
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            on_batch=lambda n: progress.advance(task, n),
         )
     outputs = [g.text for g in generations]
     scores = score_json_outputs(outputs, references, schema)

@@ -88,7 +88,8 @@ def resolve_model(reference: str) -> Path:
         return download_from_hub(reference)
     known = ", ".join(sorted(ALIASES))
     raise HoneError(
-        f"model {reference!r}: not a built-in alias ({known}), a local folder, a .gguf file or a hub id (org/name)"
+        f"model {reference!r}: not a built-in alias ({known}), a local folder, a .gguf file "
+        "or a hub id (org/name)"
     )
 
 

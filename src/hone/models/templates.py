@@ -42,7 +42,7 @@ def has_generation_markers(template: str | None) -> bool:
 
 
 def renders_identically(tokenizer: Any, candidate: str, reference: str) -> bool:
-    """True when both templates give the same text for every probe chat, with and without generation prompt."""
+    """True when both templates render every probe chat the same, with and without generation prompt."""
     for chat in PROBE_CHATS:
         for add_generation_prompt in (False, True):
             options = {"tokenize": False, "add_generation_prompt": add_generation_prompt}

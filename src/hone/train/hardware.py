@@ -36,7 +36,9 @@ def checkpointing_choice(train: TrainConfig, device: str) -> Choice:
         return Choice(bool(train.gradient_checkpointing), "set in the config")
     if device == "cpu":
         return Choice(False, "CPU: memory is ample and recomputing activations only costs time")
-    return Choice(train.adapter.kind == "full", "GPU: on for full fine-tuning to fit activations, off for adapters")
+    return Choice(
+        train.adapter.kind == "full", "GPU: on for full fine-tuning to fit activations, off for adapters"
+    )
 
 
 def learning_rate_choice(train: TrainConfig) -> Choice:

@@ -22,6 +22,7 @@ class RichProgress(TrainerCallback):
         self.progress: Progress | None = None
         self.task: Any = None
         self.started = 0.0
+        self.eval_seconds = 0.0  # excluded from tokens/s: evaluation trains on nothing
         self.fields = {"loss": "-", "eval": "-", "tps": "-"}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -45,11 +46,14 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if not logs:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-        elapsed = time.perf_counter() - self.started
+        self.eval_seconds += float(logs.get("eval_runtime", 0.0))
+        elapsed = time.perf_counter() - self.started - self.eval_seconds
         tokens = getattr(state, "num_input_tokens_seen", 0) or 0
         if tokens and elapsed > 0:
             record["tokens_per_second"] = round(tokens / elapsed, 1)

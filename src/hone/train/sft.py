@@ -41,7 +41,9 @@ class TrainResult:
     truncated: int
 
 
-def to_dataset(tokenizer: Any, examples: list[ChatExample], template: str, max_length: int) -> tuple[Any, int]:
+def to_dataset(
+    tokenizer: Any, examples: list[ChatExample], template: str, max_length: int
+) -> tuple[Any, int]:
     """A `datasets.Dataset` with input_ids and labels, and how many examples were truncated."""
     from datasets import Dataset
 
@@ -114,7 +116,9 @@ def train_sft(
     if validation_examples:
         eval_set, _ = to_dataset(tokenizer, validation_examples, template, config.model.max_length)
     if truncated:
-        console.print(f"[yellow]{truncated} training example(s) truncated to {config.model.max_length} tokens[/]")
+        console.print(
+            f"[yellow]{truncated} training example(s) truncated to {config.model.max_length} tokens[/]"
+        )
 
     model = build_model(config, model_path, device.value, dtype)
     args = SFTConfig(
@@ -132,7 +136,11 @@ def train_sft(
         fp16=precision == "fp16",
         gradient_checkpointing=bool(choices["gradient checkpointing"].value),
         logging_steps=train.logging_steps,
-        eval_strategy="steps" if (eval_set is not None and train.eval_every) else "epoch" if eval_set else "no",
+        eval_strategy="steps"
+        if (eval_set is not None and train.eval_every)
+        else "epoch"
+        if eval_set
+        else "no",
         eval_steps=train.eval_every,
         save_strategy="no",
         report_to="none",
@@ -156,10 +164,9 @@ def train_sft(
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
     output = trainer.train()
-    eval_loss = None
-    if eval_set is not None:
+    eval_loss = final_eval_loss(progress.history, trainer.state.global_step)
+    if eval_set is not None and eval_loss is None:
         eval_loss = trainer.evaluate()["eval_loss"]
-        progress.history.append({"step": trainer.state.global_step, "eval_loss": eval_loss})
     atomic_write_jsonl(run.path / "history.jsonl", progress.history)
     save_trained(model, tokenizer, run, config.train.adapter.kind)
     losses = [h["loss"] for h in progress.history if "loss" in h]
@@ -172,6 +179,14 @@ def train_sft(
         trained_tokens=int(trainer.state.num_input_tokens_seen or 0),
         truncated=truncated,
     )
+
+
+def final_eval_loss(history: list[dict[str, Any]], step: int) -> float | None:
+    """The validation loss already logged at the last step, so it is not computed twice."""
+    for record in reversed(history):
+        if record.get("step") == step and "eval_loss" in record:
+            return float(record["eval_loss"])
+    return None
 
 
 def save_trained(model: Any, tokenizer: Any, run: RunFolder, adapter_kind: str) -> None:

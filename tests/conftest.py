@@ -1,0 +1,87 @@
+"""Shared fixtures: an isolated hone home, the real SmolLM2 tokenizer, and a tiny random llama.
+
+The tiny model (2 layers, hidden 64) is built from a config with the real tokenizer, so templating and
+masking are tested on the real vocabulary while training steps take milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "support-tickets"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets the same session-wide HONE_HOME, never the user's cache."""
+    home = tmp_path_factory.getbasetemp() / "hone-home"
+    monkeypatch.setenv("HONE_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from hone.models.resolve import ALIASES
+
+    gguf = ALIASES["smollm2-135m-instruct"].locate()
+    loaded = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def small_task(tmp_path: Path) -> dict[str, Path]:
+    """A few examples of each split of the shipped task, copied into a temp folder."""
+    sizes = {"train": 24, "validation": 8, "test": 6}
+    paths = {}
+    for split, size in sizes.items():
+        lines = (EXAMPLE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:size]
+        paths[split] = tmp_path / f"{split}.jsonl"
+        paths[split].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paths["schema"] = EXAMPLE / "schema.json"
+    return paths
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path

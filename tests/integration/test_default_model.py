@@ -1,0 +1,56 @@
+"""The embedded default model, for real: converted once from its GGUF with identical logits. `slow`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from hone.models.resolve import (
+    ALIASES,
+    CONVERSION_RECORD,
+    cached_models,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from hone.models.templates import training_chat_template
+
+pytestmark = pytest.mark.slow
+
+
+def test_alias_converts_once_with_identical_logits() -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model("smollm2-135m-instruct")
+    record = json.loads((path / CONVERSION_RECORD).read_text())
+    assert record["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert (path / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+
+    began = time.perf_counter()
+    assert resolve_model("smollm2-135m-instruct") == path
+    assert time.perf_counter() - began < 1.0, "the cached conversion is reused"
+    assert [name for name, _, _ in cached_models()] == ["smollm2-135m-instruct"]
+
+    gguf = ALIASES["smollm2-135m-instruct"].locate()
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    converted = load_model(path)
+    tokenizer = load_tokenizer(path)
+    batch = tokenizer(
+        ["Hello, my invoice was charged twice.", "Sync stopped."], return_tensors="pt", padding=True
+    )
+    with torch.no_grad():
+        assert torch.equal(converted(**batch).logits, reference(**batch).logits)
+
+    assert training_chat_template(tokenizer) is not None, "the converted tokenizer keeps the stock template"
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    ids = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = converted.generate(**ids, max_new_tokens=24, do_sample=False)
+    assert "4" in tokenizer.decode(output[0, ids["input_ids"].shape[1] :])

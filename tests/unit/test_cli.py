@@ -1,0 +1,56 @@
+"""The `hone` command as a user runs it: a real subprocess, real exit codes, output on the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hone(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from hone.cli import main; main()", *args]
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_config_validate_ok_and_bad() -> None:
+    ok = hone("config", "validate", "configs/quickstart.yaml")
+    assert ok.returncode == 0, ok.stderr
+    bad = hone("config", "validate", "configs/quickstart.yaml", "train.adapter.r=zero", "train.epochs=-1")
+    assert bad.returncode == 2
+    assert "configs/quickstart.yaml: invalid config" in bad.stderr
+    assert "train.adapter.r: Input should be a valid integer" in bad.stderr
+    assert "train.epochs: Input should be greater than 0" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_config_show_prints_resolved_config_with_overrides() -> None:
+    shown = hone("config", "show", "configs/quickstart.yaml", "train.max_steps=3")
+    assert shown.returncode == 0, shown.stderr
+    assert "max_steps: 3" in shown.stdout
+    assert "weight_decay: 0.0" in shown.stdout  # a default spelled out
+
+
+def test_models_list_shows_the_alias() -> None:
+    listed = hone("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2-135m-instruct" in listed.stdout
+
+
+def test_quickstart_with_bad_data_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n')
+    (tmp_path / "test.jsonl").write_text("{oops\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"# hone quickstart -c {config}\n"
+        f"data: {{train: {tmp_path / 'train.jsonl'}, test: {tmp_path / 'test.jsonl'}}}\n"
+        f"run: {{dir: {tmp_path / 'runs'}}}\n"
+    )
+    result = hone("quickstart", "-c", str(config))
+    assert result.returncode == 2
+    assert f"{tmp_path / 'train.jsonl'} line 1: messages[0].role: role 'bot'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()

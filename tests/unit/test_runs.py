@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hone.config import HoneConfig
+from hone.errors import HoneError
+from hone.io import atomic_write_text
+from hone.runs import MANIFEST, RunFolder
+
+
+def make_config(tmp_path: Path, name: str = "r1") -> HoneConfig:
+    return HoneConfig.model_validate(
+        {"data": {"train": "t.jsonl"}, "run": {"name": name, "dir": str(tmp_path)}}
+    )
+
+
+def test_create_writes_config_and_running_manifest(tmp_path: Path) -> None:
+    run = RunFolder.create(make_config(tmp_path))
+    manifest = json.loads((run.path / MANIFEST).read_text())
+    assert manifest["status"] == "running"
+    assert manifest["name"] == "r1"
+    assert manifest["base_model"]["reference"] == "smollm2-135m-instruct"
+    assert manifest["code_version"]["hone"]
+    assert (run.path / "config.yaml").read_text().startswith("model:")
+
+
+def test_update_merges_sections_and_finish_records_status(tmp_path: Path) -> None:
+    run = RunFolder.create(make_config(tmp_path))
+    run.update(base_model={"path": "/x"})
+    run.add_artifact("weights", "adapter")
+    run.finish("failed", error="boom")
+    manifest = RunFolder.open(run.path).manifest
+    assert manifest["base_model"] == {"reference": "smollm2-135m-instruct", "path": "/x"}
+    assert manifest["artifacts"]["weights"] == "adapter"
+    assert manifest["status"] == "failed" and manifest["error"] == "boom"
+
+
+def test_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
+    RunFolder.create(make_config(tmp_path))
+    with pytest.raises(HoneError, match="already exists"):
+        RunFolder.create(make_config(tmp_path))
+
+
+def test_open_rejects_a_folder_without_manifest(tmp_path: Path) -> None:
+    with pytest.raises(HoneError, match="not a run folder"):
+        RunFolder.open(tmp_path)
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "old")
+
+    with pytest.raises(TypeError):
+        atomic_write_text(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
