@@ -40,7 +40,7 @@ def step(model, optimizer, input_ids, labels, mode: str) -> float:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def main() -> None:
