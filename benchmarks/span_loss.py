@@ -71,7 +71,8 @@ def main() -> None:
                 losses[mode] = step(model, optimizer, input_ids, labels, mode)
             seconds[mode].append((time.perf_counter() - began) / args.steps)
     tokens = args.batch * args.length
-    print(f"model={args.model} batch={args.batch}x{args.length} answer={args.answer} threads={torch.get_num_threads()}")
+    shape = f"batch={args.batch}x{args.length} answer={args.answer}"
+    print(f"model={args.model} {shape} threads={torch.get_num_threads()}")
     for mode, values in seconds.items():
         per_step = statistics.median(values)
         print(f"{mode:5s} {per_step:6.2f} s/step  {tokens / per_step:7.0f} tokens/s  loss {losses[mode]:.6f}")
