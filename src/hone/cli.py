@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hone.config import HoneConfig
 from hone.errors import HoneError
 
 console = Console()
@@ -24,7 +27,9 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Validate and show configs.")
 models_app = typer.Typer(no_args_is_help=True, help="Model references and the conversion cache.")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Check, preview and prepare training data.")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 Overrides = Annotated[
@@ -64,6 +69,65 @@ def models_list() -> None:
     for name, size in cached.items():
         table.add_row(name, "converted", "local GGUF", human_size(size))
     console.print(table)
+
+
+@data_app.command("check")
+def data_check(
+    target: Annotated[Path, typer.Argument(help="A data file, or a config whose data splits are checked.")],
+    overrides: Overrides = None,
+    data_format: Annotated[str, typer.Option("--format", help="auto, messages, alpaca, ...")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
+    price_per_hour: Annotated[float, typer.Option(help="Machine price for the cost estimate.")] = 0.10,
+) -> None:
+    """Every problem by file, line and field; lengths, duplicates, leakage, PII, cost. Exit 2 on errors."""
+    from hone.data.check import run_data_check
+    from hone.data.check_report import print_report
+    from hone.models.resolve import resolve_model
+
+    config = data_target_config(target, overrides)
+    splits = {name: path for name in ("train", "validation", "test") if (path := getattr(config.data, name))}
+    report = run_data_check(
+        splits,
+        method=config.train.method,
+        model_path=resolve_model(config.model.reference),
+        max_length=config.model.max_length,
+        epochs=config.train.epochs,
+        adapter=config.train.adapter.kind,
+        price_per_hour=price_per_hour,
+        fmt=data_format,
+    )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, console)
+    if report.error_count:
+        raise typer.Exit(2)
+
+
+@data_app.command("preview")
+def data_preview(
+    target: Annotated[Path, typer.Argument(help="A data file, or a config (its train split is shown).")],
+    overrides: Overrides = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="Examples to show.")] = 3,
+) -> None:
+    """Render examples exactly as the model is trained on them; tokens that carry loss are highlighted."""
+    from hone.data.preview import preview_examples
+
+    config = data_target_config(target, overrides)
+    preview_examples(config, count, console)
+
+
+def data_target_config(target: Path, overrides: list[str] | None) -> HoneConfig:
+    """A config file as is, or a bare data file wrapped in the default config as its train split."""
+    from hone.config import HoneConfig, apply_overrides, format_validation_error, load_config
+
+    if target.suffix in (".yaml", ".yml"):
+        return load_config(target, overrides)
+    raw = apply_overrides({"data": {"train": str(target)}}, overrides or [])
+    try:
+        return HoneConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise HoneError(format_validation_error(exc, "overrides")) from None
 
 
 @app.command("train")

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hone.config import HoneConfig
-from hone.data.chat import ChatExample, load_chat_split
+from hone.data.formats import Example
+from hone.data.load import load_split, require_kind
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
 from hone.evaluate.task import Evaluation, evaluate_model, load_schema
@@ -27,11 +28,11 @@ from hone.train.sft import train_sft
 
 @dataclass
 class Splits:
-    train: list[ChatExample]
-    validation: list[ChatExample]
-    test: list[ChatExample]
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
 
-    def as_dict(self) -> dict[str, list[ChatExample]]:
+    def as_dict(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
@@ -41,10 +42,12 @@ def load_splits(config: HoneConfig) -> Splits:
     if data.test is None:
         raise HoneError("data.test: the quickstart needs a held-out test split to compare before and after")
     splits = Splits(
-        train=load_chat_split(data.train, data.system_prompt),
-        validation=load_chat_split(data.validation, data.system_prompt) if data.validation else [],
-        test=load_chat_split(data.test, data.system_prompt),
+        train=load_split(data.train, data.system_prompt),
+        validation=load_split(data.validation, data.system_prompt) if data.validation else [],
+        test=load_split(data.test, data.system_prompt),
     )
+    for examples in splits.as_dict().values():
+        require_kind(examples, "chat", config.train.method)
     if config.evaluate.limit:
         splits.test = splits.test[: config.evaluate.limit]
     return splits

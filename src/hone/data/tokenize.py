@@ -28,6 +28,25 @@ def assistant_labels(input_ids: list[int], assistant_mask: list[int]) -> list[in
     return [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, assistant_mask, strict=True)]
 
 
+def apply_turn_weights(mask: list[int], messages: list[dict[str, Any]]) -> list[int]:
+    """Clear the mask of assistant turns with weight 0 (OpenAI's `weight`: context only, no loss).
+
+    The k-th run of masked tokens is the k-th assistant turn: the template marks each assistant reply
+    (with its end-of-turn token) as one contiguous generation block, and nothing else.
+    """
+    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+    if all(weight != 0 for weight in weights):
+        return mask
+    result = list(mask)
+    turn = -1
+    for index, keep in enumerate(mask):
+        if keep and (index == 0 or not mask[index - 1]):
+            turn += 1
+        if keep and turn < len(weights) and weights[turn] == 0:
+            result[index] = 0
+    return result
+
+
 def tokenize_chat(
     tokenizer: Any, messages: list[dict[str, str]], chat_template: str, max_length: int
 ) -> TokenizedChat:
@@ -40,7 +59,8 @@ def tokenize_chat(
         return_assistant_tokens_mask=True,
     )
     input_ids = list(encoded["input_ids"])
-    labels = assistant_labels(input_ids, list(encoded["assistant_masks"]))
+    mask = apply_turn_weights(list(encoded["assistant_masks"]), messages)
+    labels = assistant_labels(input_ids, mask)
     truncated = len(input_ids) > max_length
     return TokenizedChat(input_ids[:max_length], labels[:max_length], truncated)
 

@@ -10,14 +10,21 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
-from hone.data.chat import ChatExample
+from hone.data.formats import Example
 
 
-def dataset_hash(splits: Mapping[str, Sequence[ChatExample]]) -> str:
+def dataset_hash(splits: Mapping[str, Sequence[Example]]) -> str:
     digest = hashlib.sha256()
     for name in sorted(splits):
         digest.update(f"split:{name}\n".encode())
         for example in splits[name]:
-            line = json.dumps(example.messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            content = {
+                "kind": example.kind,
+                "messages": example.messages,
+                "chosen": example.chosen,
+                "rejected": example.rejected,
+                "text": example.text,
+            }
+            line = json.dumps(content, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
             digest.update(line.encode("utf-8") + b"\n")
     return digest.hexdigest()

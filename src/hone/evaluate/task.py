@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hone.data.chat import ChatExample
+from hone.data.formats import Example
 from hone.data.tokenize import prompt_messages
 from hone.errors import HoneError
 from hone.evaluate.generate import generate_chat
@@ -40,7 +40,7 @@ def evaluate_model(
     label: str,
     model: Any,
     tokenizer: Any,
-    examples: list[ChatExample],
+    examples: list[Example],
     schema: dict[str, Any] | None,
     max_new_tokens: int,
     batch_size: int,

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from hone.config import HoneConfig
-from hone.data.chat import ChatExample
+from hone.data.formats import Example
 from hone.data.tokenize import tokenize_chat
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
@@ -41,9 +41,7 @@ class TrainResult:
     truncated: int
 
 
-def to_dataset(
-    tokenizer: Any, examples: list[ChatExample], template: str, max_length: int
-) -> tuple[Any, int]:
+def to_dataset(tokenizer: Any, examples: list[Example], template: str, max_length: int) -> tuple[Any, int]:
     """A `datasets.Dataset` with input_ids and labels, and how many examples were truncated."""
     from datasets import Dataset
 
@@ -82,8 +80,8 @@ def train_sft(
     config: HoneConfig,
     model_path: Path,
     tokenizer: Any,
-    train_examples: list[ChatExample],
-    validation_examples: list[ChatExample],
+    train_examples: list[Example],
+    validation_examples: list[Example],
     run: RunFolder,
     console: Console,
 ) -> TrainResult:

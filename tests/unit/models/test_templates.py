@@ -99,3 +99,15 @@ def test_no_template_or_unknown_template_gives_none(tokenizer) -> None:
     assert training_chat_template(NoTemplate()) is None
     other = tokenizer.chat_template.replace("You are a helpful AI assistant", "You are a pirate")
     assert not renders_identically(tokenizer, load_template("smollm2-chatml.training.jinja"), other)
+
+
+def test_weight_zero_turns_carry_no_loss(tokenizer, template) -> None:
+    chat = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "first", "weight": 0},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "second", "weight": 1},
+    ]
+    tokenized = tokenize_chat(tokenizer, chat, template, max_length=512)
+    runs = labelled_runs(tokenized.input_ids, tokenized.labels)
+    assert [tokenizer.decode(run) for run in runs] == ["second<|im_end|>"]

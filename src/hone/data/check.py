@@ -1,0 +1,265 @@
+"""`hone data check`: every problem in the data before any compute is spent.
+
+Errors make training (or its evaluation) wrong; warnings make it weak. Each names the file and line.
+Token lengths use the model's own chat template and fast tokenizer, in batches, so a 100,000-example
+file is checked in well under a minute on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hone.data import checks
+from hone.data.formats import Example, load_examples
+from hone.data.sources import read_all
+
+MIN_EXAMPLES = {"sft": (10, 50), "pretrain": (1, 20), "dpo": (10, 100), "reward": (10, 100), "rl": (10, 50)}
+PREFERENCE_METHODS = {"dpo", "reward"}
+# Measured: LoRA SFT of SmolLM2-135M on this project's 2-core CPU runs at ~213 trained tokens/s (README).
+# Other sizes scale with parameter count; full fine-tuning costs ~6N FLOPs/token against LoRA's ~4N.
+REFERENCE_CPU_TOKENS_PER_SECOND = 213.0
+REFERENCE_PARAMETERS = 134_515_008
+
+
+@dataclass
+class SplitReport:
+    name: str
+    path: str
+    format: str | None = None
+    examples: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    token_lengths: dict[str, float] = field(default_factory=dict)
+    truncation_rate: float = 0.0
+    pii: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DataReport:
+    splits: list[SplitReport]
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    estimate: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_count(self) -> int:
+        return len(self.errors) + sum(len(split.errors) for split in self.splits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error_count": self.error_count}
+
+
+def example_text(example: Example) -> str:
+    """Everything a person wrote in the example, for duplicate and PII checks."""
+    parts = [m["content"] for m in example.messages]
+    for reply in (example.chosen or []) + (example.rejected or []):
+        parts.append(reply["content"])
+    if example.text:
+        parts.append(example.text)
+    return "\n".join(parts)
+
+
+def rendered_text(example: Example, tokenizer: Any, template: str | None) -> str:
+    """The training text whose length is limited by max_length: the chosen (longer) branch for pairs."""
+    if example.kind == "text" or template is None:
+        return example.text or example_text(example)
+    messages = example.messages
+    if example.kind == "preference":
+        chosen, rejected = example.chosen or [], example.rejected or []
+        longest = (
+            chosen
+            if sum(len(m["content"]) for m in chosen) >= sum(len(m["content"]) for m in rejected)
+            else rejected
+        )
+        messages = messages + longest
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(plain, chat_template=template, tokenize=False)
+
+
+def token_lengths(
+    examples: list[Example], tokenizer: Any, template: str | None, batch: int = 2048
+) -> list[int]:
+    texts = [rendered_text(example, tokenizer, template) for example in examples]
+    lengths: list[int] = []
+    for start in range(0, len(texts), batch):
+        encoded = tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]
+        lengths.extend(len(ids) for ids in encoded)
+    return lengths
+
+
+def lines_of(examples: list[Example], indices: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(examples[i].line) for i in indices[:limit])
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
+def check_split(
+    name: str,
+    path: Path,
+    method: str,
+    tokenizer: Any,
+    template: str | None,
+    max_length: int,
+    fmt: str = "auto",
+) -> tuple[SplitReport, list[Example], list[str]]:
+    """Check one file; returns the report, its examples, and their texts (for cross-split checks)."""
+    report = SplitReport(name=name, path=str(path))
+    records, read_errors = read_all(path)
+    examples, format_errors = load_examples(records, fmt=fmt)
+    report.errors.extend(read_errors + format_errors)
+    report.examples = len(examples)
+    report.format = Counter(e.kind for e in examples).most_common(1)[0][0] if examples else None
+    check_content(report, examples, method, name)
+    texts = [example_text(e) for e in examples]
+    check_duplicates_and_pii(report, examples, texts)
+    if examples:
+        lengths = token_lengths(examples, tokenizer, template)
+        report.token_lengths = asdict(checks.length_stats(lengths))
+        report.truncation_rate = checks.truncation_rate(lengths, max_length)
+        over = [i for i, length in enumerate(lengths) if length > max_length]
+        if over:
+            report.warnings.append(
+                f"{path}: {len(over)} example(s) ({report.truncation_rate:.1%}) longer than "
+                f"max_length={max_length} tokens will be truncated: lines {lines_of(examples, over)}"
+            )
+    return report, examples, texts
+
+
+def check_content(report: SplitReport, examples: list[Example], method: str, split: str) -> None:
+    path = report.path
+    for example in examples:
+        if example.kind == "preference" and example.chosen == example.rejected:
+            report.errors.append(
+                f"{path} line {example.line}: chosen: identical to rejected (nothing to learn)"
+            )
+    wants_pairs = method in PREFERENCE_METHODS
+    wrong_kind = [e for e in examples if (e.kind == "preference") != wants_pairs and e.kind != "text"]
+    if wrong_kind and method != "pretrain":
+        needed = (
+            "preference pairs (prompt/chosen/rejected)"
+            if wants_pairs
+            else "chat or prompt/completion examples"
+        )
+        report.errors.append(
+            f"{path}: method {method!r} needs {needed}; {len(wrong_kind)} example(s) are not"
+        )
+    if split == "train":
+        minimum, recommended = MIN_EXAMPLES.get(method, (10, 50))
+        if 0 < len(examples) < minimum:
+            report.errors.append(f"{path}: {len(examples)} examples; {method} needs at least {minimum}")
+        elif 0 < len(examples) < recommended:
+            report.warnings.append(
+                f"{path}: only {len(examples)} examples; {recommended}+ recommended for {method}"
+            )
+
+
+def check_duplicates_and_pii(report: SplitReport, examples: list[Example], texts: list[str]) -> None:
+    path = report.path
+    for group in checks.exact_duplicates(texts):
+        report.warnings.append(f"{path}: exact duplicates at lines {lines_of(examples, group)}")
+    for pair in checks.near_duplicates(texts):
+        first, second = examples[pair.first].line, examples[pair.second].line
+        report.warnings.append(
+            f"{path}: near duplicates at lines {first} and {second} (similarity {pair.similarity:.2f})"
+        )
+    found: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        for hit in checks.find_pii(text):
+            found.setdefault(hit.kind, []).append(index)
+    for kind, indices in sorted(found.items()):
+        report.pii[kind] = len(indices)
+        report.warnings.append(
+            f"{path}: possible {kind} in {len(indices)} example(s): lines {lines_of(examples, indices)}"
+            " (hone data prepare --redact-pii removes them)"
+        )
+
+
+def check_leakage(
+    report: DataReport, train: tuple[SplitReport, list[Example], list[str]], other: Any
+) -> None:
+    train_report, train_examples, train_texts = train
+    other_report, other_examples, other_texts = other
+    for overlap in checks.cross_split_overlap(train_texts, other_texts):
+        where = (
+            f"{other_report.path} line {other_examples[overlap.other_index].line} overlaps "
+            f"{train_report.path} line {train_examples[overlap.train_index].line}"
+        )
+        if overlap.exact:
+            report.errors.append(f"{where}: the same example is in train and {other_report.name} (leakage)")
+        else:
+            report.warnings.append(
+                f"{where}: near duplicate across splits (similarity {overlap.similarity:.2f})"
+            )
+
+
+def estimate_training(
+    train_lengths: dict[str, float], epochs: float, adapter: str, parameters: int, price_per_hour: float
+) -> dict[str, Any]:
+    """CPU estimate from the measured reference throughput; stated as an estimate, with its formula."""
+    tokens = float(train_lengths.get("total", 0)) * epochs
+    flops_factor = 1.5 if adapter == "full" else 1.0
+    throughput = REFERENCE_CPU_TOKENS_PER_SECOND * REFERENCE_PARAMETERS / max(parameters, 1) / flops_factor
+    seconds = tokens / throughput if throughput else 0.0
+    return {
+        "training_tokens": int(tokens),
+        "epochs": epochs,
+        "tokens_per_second": round(throughput, 1),
+        "seconds": round(seconds, 1),
+        "cost": round(seconds / 3600 * price_per_hour, 4),
+        "price_per_hour": price_per_hour,
+        "basis": "this CPU: 213 tokens/s measured for LoRA on 135M params, scaled by size; full x1.5",
+    }
+
+
+def median_or_zero(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def count_parameters(model_path: Path) -> int:
+    """Parameter count from the model's config alone (meta device: no weights are loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def run_data_check(
+    splits: dict[str, Path],
+    method: str,
+    model_path: Path,
+    max_length: int,
+    epochs: float,
+    adapter: str,
+    price_per_hour: float,
+    fmt: str = "auto",
+) -> DataReport:
+    """Check every split, then the leakage between train and the held-out splits, then estimate cost."""
+    from hone.models.resolve import load_tokenizer
+    from hone.models.templates import training_chat_template
+
+    tokenizer = load_tokenizer(model_path)
+    template = training_chat_template(tokenizer)
+    checked = {
+        name: check_split(name, path, method, tokenizer, template, max_length, fmt)
+        for name, path in splits.items()
+    }
+    report = DataReport(splits=[result[0] for result in checked.values()])
+    if template is None:
+        report.warnings.append(
+            f"{model_path}: chat template has no generation markers and no shipped template matches it; "
+            "loss cannot be restricted to assistant turns"
+        )
+    if "train" in checked:
+        for name, result in checked.items():
+            if name != "train":
+                check_leakage(report, checked["train"], result)
+        train_report = checked["train"][0]
+        report.estimate = estimate_training(
+            train_report.token_lengths, epochs, adapter, count_parameters(model_path), price_per_hour
+        )
+    return report
