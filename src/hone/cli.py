@@ -88,11 +88,9 @@ def data_check(
     splits = {name: path for name in ("train", "validation", "test") if (path := getattr(config.data, name))}
     report = run_data_check(
         splits,
-        method=config.train.method,
         model_path=resolve_model(config.model.reference),
         max_length=config.model.max_length,
-        epochs=config.train.epochs,
-        adapter=config.train.adapter.kind,
+        train=config.train,
         price_per_hour=price_per_hour,
         fmt=data_format,
     )
@@ -115,6 +113,46 @@ def data_preview(
 
     config = data_target_config(target, overrides)
     preview_examples(config, count, console)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    sources: Annotated[list[str], typer.Argument(help="Data files or folders; `path@2` doubles a weight.")],
+    out: Annotated[Path, typer.Option(help="Folder that holds dataset versions.")] = Path("data/versions"),
+    split: Annotated[str, typer.Option(help="train,validation,test fractions.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Seed of the split and of weighted sampling.")] = 42,
+    stratify_by: Annotated[str | None, typer.Option(help="JSON answer field to stratify by.")] = None,
+    redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII with placeholders.")] = False,
+    dedup: Annotated[bool, typer.Option(" /--keep-duplicates", help="Keep exact duplicates.")] = True,
+    data_format: Annotated[str, typer.Option("--format", help="auto, messages, alpaca, ...")] = "auto",
+    system_prompt: Annotated[str | None, typer.Option(help="System prompt for examples without one.")] = None,
+) -> None:
+    """Deterministic split, optional PII redaction and dedup; writes a dataset version named by its hash."""
+    from hone.data.prepare import PrepareOptions, parse_source, prepare_dataset
+
+    options = PrepareOptions(
+        fractions=parse_fractions(split),
+        seed=seed,
+        stratify_by=stratify_by,
+        redact_pii=redact_pii,
+        dedup=dedup,
+        fmt=data_format,
+        system_prompt=system_prompt,
+    )
+    folder = prepare_dataset([parse_source(s) for s in sources], out, options)
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    sizes = ", ".join(f"{name} {info['examples']}" for name, info in card["splits"].items())
+    console.print(f"[green]dataset version[/] {card['version'][:16]}: {sizes} -> {folder}")
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0 or sum(values) <= 0:
+        raise HoneError(f"--split {text!r}: expected three non-negative fractions, e.g. 0.8,0.1,0.1")
+    return values  # type: ignore[return-value]
 
 
 def data_target_config(target: Path, overrides: list[str] | None) -> HoneConfig:
@@ -162,7 +200,9 @@ def main() -> None:
     )
     quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of exiting
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except HoneError as exc:
         errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

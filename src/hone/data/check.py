@@ -7,12 +7,12 @@ file is checked in well under a minute on a 2-core machine.
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hone.config import TrainConfig
 from hone.data import checks
 from hone.data.formats import Example, load_examples
 from hone.data.sources import read_all
@@ -195,27 +195,31 @@ def check_leakage(
             )
 
 
+def planned_epochs(train: TrainConfig, examples: int) -> float:
+    """Epochs the config will run: `max_steps` wins over `epochs` when set."""
+    if train.max_steps is None or examples == 0:
+        return train.epochs
+    return train.max_steps * train.batch_size * train.gradient_accumulation / examples
+
+
 def estimate_training(
-    train_lengths: dict[str, float], epochs: float, adapter: str, parameters: int, price_per_hour: float
+    train_lengths: dict[str, float], examples: int, train: TrainConfig, parameters: int, price_per_hour: float
 ) -> dict[str, Any]:
-    """CPU estimate from the measured reference throughput; stated as an estimate, with its formula."""
+    """CPU estimate from the measured reference throughput; stated as an estimate, with its basis."""
+    epochs = planned_epochs(train, examples)
     tokens = float(train_lengths.get("total", 0)) * epochs
-    flops_factor = 1.5 if adapter == "full" else 1.0
+    flops_factor = 1.5 if train.adapter.kind == "full" else 1.0
     throughput = REFERENCE_CPU_TOKENS_PER_SECOND * REFERENCE_PARAMETERS / max(parameters, 1) / flops_factor
     seconds = tokens / throughput if throughput else 0.0
     return {
         "training_tokens": int(tokens),
-        "epochs": epochs,
+        "epochs": round(epochs, 3),
         "tokens_per_second": round(throughput, 1),
         "seconds": round(seconds, 1),
         "cost": round(seconds / 3600 * price_per_hour, 4),
         "price_per_hour": price_per_hour,
         "basis": "this CPU: 213 tokens/s measured for LoRA on 135M params, scaled by size; full x1.5",
     }
-
-
-def median_or_zero(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 def count_parameters(model_path: Path) -> int:
@@ -230,11 +234,9 @@ def count_parameters(model_path: Path) -> int:
 
 def run_data_check(
     splits: dict[str, Path],
-    method: str,
     model_path: Path,
     max_length: int,
-    epochs: float,
-    adapter: str,
+    train: TrainConfig,
     price_per_hour: float,
     fmt: str = "auto",
 ) -> DataReport:
@@ -245,7 +247,7 @@ def run_data_check(
     tokenizer = load_tokenizer(model_path)
     template = training_chat_template(tokenizer)
     checked = {
-        name: check_split(name, path, method, tokenizer, template, max_length, fmt)
+        name: check_split(name, path, train.method, tokenizer, template, max_length, fmt)
         for name, path in splits.items()
     }
     report = DataReport(splits=[result[0] for result in checked.values()])
@@ -260,6 +262,10 @@ def run_data_check(
                 check_leakage(report, checked["train"], result)
         train_report = checked["train"][0]
         report.estimate = estimate_training(
-            train_report.token_lengths, epochs, adapter, count_parameters(model_path), price_per_hour
+            train_report.token_lengths,
+            train_report.examples,
+            train,
+            count_parameters(model_path),
+            price_per_hour,
         )
     return report

@@ -13,16 +13,17 @@ SHOWN = 40
 
 def split_table(report: DataReport) -> Table:
     table = Table(title="Data check")
-    for column in (
+    columns = (
         "split",
         "format",
         "examples",
         "errors",
         "warnings",
-        "tokens min/median/p95/max",
+        "tokens min/med/p95/max",
         "total",
-        "truncated",
-    ):
+        "trunc.",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("split", "format") else "right")
     for split in report.splits:
         lengths = split.token_lengths
