@@ -30,7 +30,11 @@ class ModelConfig(Strict):
         description="Base model: built-in alias, local Hugging Face folder, local .gguf file or hub id.",
     )
     max_length: int = Field(
-        512, ge=16, description="Longest tokenised example; longer ones are truncated (and reported)."
+        512, ge=16, description="Longest tokenised example; longer ones follow the truncation policy."
+    )
+    truncation: Literal["keep_start", "keep_end", "drop"] = Field(
+        "keep_start",
+        description="Too long: keep_start cuts the end, keep_end cuts the start, drop leaves it out.",
     )
 
 

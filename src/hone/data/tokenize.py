@@ -47,10 +47,34 @@ def apply_turn_weights(mask: list[int], messages: list[dict[str, Any]]) -> list[
     return result
 
 
+def truncate(input_ids: list[int], labels: list[int], max_length: int, policy: str) -> TokenizedChat:
+    """Apply the truncation policy: keep_start cuts the end, keep_end cuts the start (keeping the answer).
+
+    `drop` keeps the example whole but flagged; the caller leaves flagged examples out.
+    """
+    if len(input_ids) <= max_length:
+        return TokenizedChat(input_ids, labels, truncated=False)
+    if policy == "keep_end":
+        return TokenizedChat(input_ids[-max_length:], labels[-max_length:], truncated=True)
+    if policy == "drop":
+        return TokenizedChat(input_ids, labels, truncated=True)
+    return TokenizedChat(input_ids[:max_length], labels[:max_length], truncated=True)
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int, policy: str = "keep_start") -> TokenizedChat:
+    """A document for continued pre-training: every token carries loss, and so does the closing EOS."""
+    input_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return truncate(input_ids, list(input_ids), max_length, policy)
+
+
 def tokenize_chat(
-    tokenizer: Any, messages: list[dict[str, str]], chat_template: str, max_length: int
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    chat_template: str,
+    max_length: int,
+    policy: str = "keep_start",
 ) -> TokenizedChat:
-    """Render with the training template and keep the assistant mask; truncate from the end."""
+    """Render with the training template and keep the assistant mask, then apply the truncation policy."""
     encoded = tokenizer.apply_chat_template(
         messages,
         chat_template=chat_template,
@@ -60,9 +84,7 @@ def tokenize_chat(
     )
     input_ids = list(encoded["input_ids"])
     mask = apply_turn_weights(list(encoded["assistant_masks"]), messages)
-    labels = assistant_labels(input_ids, mask)
-    truncated = len(input_ids) > max_length
-    return TokenizedChat(input_ids[:max_length], labels[:max_length], truncated)
+    return truncate(input_ids, assistant_labels(input_ids, mask), max_length, policy)
 
 
 def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:

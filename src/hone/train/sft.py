@@ -41,13 +41,21 @@ class TrainResult:
     truncated: int
 
 
-def to_dataset(tokenizer: Any, examples: list[Example], template: str, max_length: int) -> tuple[Any, int]:
-    """A `datasets.Dataset` with input_ids and labels, and how many examples were truncated."""
+def to_dataset(
+    tokenizer: Any, examples: list[Example], template: str, max_length: int, policy: str
+) -> tuple[Any, int]:
+    """A `datasets.Dataset` with input_ids and labels, and how many examples were too long.
+
+    Under the `drop` policy too-long examples are left out; otherwise they were cut by the policy.
+    """
     from datasets import Dataset
 
-    rows = [tokenize_chat(tokenizer, e.messages, template, max_length) for e in examples]
+    rows = [tokenize_chat(tokenizer, e.messages, template, max_length, policy) for e in examples]
+    truncated = sum(r.truncated for r in rows)
+    if policy == "drop":
+        rows = [r for r in rows if not r.truncated]
     columns = {"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]}
-    return Dataset.from_dict(columns), sum(r.truncated for r in rows)
+    return Dataset.from_dict(columns), truncated
 
 
 def build_model(config: HoneConfig, model_path: Path, device: str, dtype: torch.dtype) -> Any:
@@ -109,14 +117,13 @@ def train_sft(
     precision = choices["precision"].value
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
-    train_set, truncated = to_dataset(tokenizer, train_examples, template, config.model.max_length)
+    limit, policy = config.model.max_length, config.model.truncation
+    train_set, truncated = to_dataset(tokenizer, train_examples, template, limit, policy)
     eval_set = None
     if validation_examples:
-        eval_set, _ = to_dataset(tokenizer, validation_examples, template, config.model.max_length)
+        eval_set, _ = to_dataset(tokenizer, validation_examples, template, limit, policy)
     if truncated:
-        console.print(
-            f"[yellow]{truncated} training example(s) truncated to {config.model.max_length} tokens[/]"
-        )
+        console.print(f"[yellow]{truncated} training example(s) over {limit} tokens ({policy})[/]")
 
     model = build_model(config, model_path, device.value, dtype)
     args = SFTConfig(
