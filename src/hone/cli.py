@@ -219,7 +219,6 @@ def main() -> None:
 
 def quiet_libraries() -> None:
     """Library progress bars and advice would bury hone's own output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     import datasets

@@ -63,8 +63,12 @@ def example_text(example: Example) -> str:
     return "\n".join(parts)
 
 
-def rendered_text(example: Example, tokenizer: Any, template: str | None) -> str:
-    """The training text whose length is limited by max_length: the chosen (longer) branch for pairs."""
+def rendered_text(example: Example, tokenizer: Any, template: str | None, render: Any = None) -> str:
+    """The training text whose length is limited by max_length: the longer branch for pairs.
+
+    `render` is a compiled template (see `compiled_renderer`); it renders the same text as
+    `apply_chat_template` at a fraction of its per-call cost, which dominates at 100,000 examples.
+    """
     if example.kind == "text" or template is None:
         return example.text or example_text(example)
     messages = example.messages
@@ -77,13 +81,29 @@ def rendered_text(example: Example, tokenizer: Any, template: str | None) -> str
         )
         messages = messages + longest
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if render is not None:
+        return render(plain)
     return tokenizer.apply_chat_template(plain, chat_template=template, tokenize=False)
+
+
+def compiled_renderer(tokenizer: Any, template: str) -> Any:
+    """A function chat -> text that uses transformers' own compiled (cached) jinja template once."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    compiled = _compile_jinja_template(template)
+    specials = dict(tokenizer.special_tokens_map)
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return compiled.render(messages=messages, add_generation_prompt=False, **specials)
+
+    return render
 
 
 def token_lengths(
     examples: list[Example], tokenizer: Any, template: str | None, batch: int = 2048
 ) -> list[int]:
-    texts = [rendered_text(example, tokenizer, template) for example in examples]
+    render = compiled_renderer(tokenizer, template) if template else None
+    texts = [rendered_text(example, tokenizer, template, render) for example in examples]
     lengths: list[int] = []
     for start in range(0, len(texts), batch):
         encoded = tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ _PHONE_NATIONAL = re.compile(
     r"(?<![\w+#./:-])(?:\(\d{2,5}\)[ .-]?|\d{2,5}[ .-])\d{2,8}(?:[ .-]\d{2,8}){0,3}(?![\w]|[.:/-]\d)"
 )
 _CARD = re.compile(r"(?<![\w.+-])(?:\d[ -]?){12,18}\d(?![\w]|[.-]\d)")
+# IBANs are written in capitals (ISO 13616), which keeps ordinary words out of the candidates.
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _DATE = re.compile(
     r"(?:19|20)\d\d[-./ ](?:0?[1-9]|1[0-2])[-./ ](?:0?[1-9]|[12]\d|3[01])"
@@ -139,26 +140,37 @@ def _phone_digits_ok(candidate: str) -> bool:
 
 
 def _national_phone_ok(candidate: str) -> bool:
-    """Separated national numbers, but not dates and not short two-part codes like 1234-5678."""
+    """Separated national numbers, but not dates, not short two-part codes like 1234-5678, and not the
+    runs of 4-digit blocks in which card and account numbers are written."""
     if not _phone_digits_ok(candidate) or _DATE.search(candidate):
         return False
     groups = re.findall(r"\d+", candidate)
+    if sum(len(group) == 4 for group in groups) >= 3:
+        return False
     digit_count = sum(len(group) for group in groups)
     return len(groups) >= 3 or candidate.startswith("(") or digit_count >= 10
 
 
 def _iban_hits(text: str) -> Iterator[PiiHit]:
-    """IBAN candidates; when the greedy match ran into a following word, retry without its tail."""
+    """IBAN candidates that pass the checksum.
+
+    When a grouped candidate fails, the greedy match may have run into a following word ("... 32 ABCD"),
+    so it is retried without its last group. An ungrouped one is never cut: a valid prefix ending
+    inside a longer code is not an IBAN.
+    """
     for match in _IBAN.finditer(text):
         value = match.group()
         while len(value.replace(" ", "")) >= 15:
             if iban_valid(value):
                 yield PiiHit("iban", match.start(), match.start() + len(value), value)
                 break
-            value = value[: value.rfind(" ")] if " " in value else value[:-1]
+            if " " not in value:
+                break
+            value = value[: value.rfind(" ")]
 
 
 def _raw_hits(text: str) -> Iterator[PiiHit]:
+    """Every candidate of every kind, overlaps included; cheap hints skip the patterns that cannot match."""
     if "@" in text:
         for match in _EMAIL.finditer(text):
             yield PiiHit("email", match.start(), match.end(), match.group())
@@ -166,7 +178,7 @@ def _raw_hits(text: str) -> Iterator[PiiHit]:
         for match in _API_KEY.finditer(text):
             value = match.group()
             if value.startswith("sk-") and not (re.search(r"\d", value) and re.search(r"[A-Za-z]", value)):
-                continue  # "sk-" followed by plain words (e.g. "task-force-...") is not a key
+                continue  # "sk-" followed by words only ("sk-learn-style-...") is not a key
             yield PiiHit("api_key", match.start(), match.end(), value)
     if _IBAN_HINT.search(text):
         yield from _iban_hits(text)
@@ -304,6 +316,14 @@ def _shingle_hashes(normalised: Sequence[str], shingle: int) -> tuple[np.ndarray
     return _mix64(hashes) >> np.uint64(32), offsets
 
 
+def _check_similarity_arguments(threshold: float, num_perm: int, shingle: int) -> None:
+    """Fail early on settings that would silently report everything or nothing."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if num_perm < 1 or shingle < 1:
+        raise ValueError(f"num_perm and shingle must be at least 1, got {num_perm} and {shingle}")
+
+
 def _minhash_signatures(normalised: Sequence[str], num_perm: int, shingle: int) -> np.ndarray:
     """MinHash signature (num_perm uint32 minima) per text, with fixed seeds so runs are reproducible.
 
@@ -334,7 +354,7 @@ def _lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     and MinHash estimates scatter around the true similarity, so the banding aims a little low.
     """
     grid = np.linspace(0.0, 1.0, 201)
-    aim = max(threshold - 0.1, 0.05)
+    aim = max(threshold - 0.15, 0.05)
     best: tuple[float, int, int] = (math.inf, 1, num_perm)
     for rows in range(1, num_perm + 1):
         bands = num_perm // rows
@@ -364,7 +384,9 @@ def _bucket_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def _similar_pairs(
-    signatures: np.ndarray, threshold: float, keep: np.ndarray | None = None
+    signatures: np.ndarray,
+    threshold: float,
+    keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows whose signatures agree on at least `threshold` of their entries.
 
@@ -403,6 +425,7 @@ def near_duplicates(
     once per distinct normalised text, and every example sharing that text takes part in its pairs.
     Sorted by (first, second); deterministic.
     """
+    _check_similarity_arguments(threshold, num_perm, shingle)
     groups = list(_group_by_normalised(texts).items())
     signatures = _minhash_signatures([text for text, _ in groups], num_perm, shingle)
     first, second, similarity = _similar_pairs(signatures, threshold)
@@ -426,6 +449,7 @@ def cross_split_overlap(
     Such leakage makes evaluation measure memorisation. Exact matches have similarity 1.0 and
     exact=True; near ones carry the estimated Jaccard. Sorted by (train_index, other_index).
     """
+    _check_similarity_arguments(threshold, num_perm, shingle)
     train_groups = _group_by_normalised(train)
     other_groups = _group_by_normalised(other)
     distinct = list(dict.fromkeys([*train_groups, *other_groups]))

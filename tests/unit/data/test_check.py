@@ -79,3 +79,13 @@ def test_preference_problems_and_too_few_examples(tmp_path: Path, tiny_model_dir
 def test_planned_epochs_prefers_max_steps() -> None:
     assert planned_epochs(TrainConfig(epochs=3), 100) == 3
     assert planned_epochs(TrainConfig(max_steps=25, batch_size=8), 100) == pytest.approx(2.0)
+
+
+def test_compiled_renderer_matches_apply_chat_template(tokenizer) -> None:
+    from hone.data.check import compiled_renderer
+    from hone.models.templates import PROBE_CHATS, training_chat_template
+
+    template = training_chat_template(tokenizer)
+    render = compiled_renderer(tokenizer, template)
+    for chat in PROBE_CHATS:
+        assert render(chat) == tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
