@@ -92,7 +92,7 @@ def data_check(
         max_length=config.model.max_length,
         train=config.train,
         price_per_hour=price_per_hour,
-        fmt=data_format,
+        fmt=data_format if data_format != "auto" else config.data.format,
     )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))

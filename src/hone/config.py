@@ -39,13 +39,30 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    train: Path = Field(description="Training examples (chat `messages` JSONL).")
+    dataset: Path | None = Field(
+        None,
+        description="A dataset version folder (hone data prepare); its splits fill train/validation/test.",
+    )
+    train: Path = Field(description="Training examples: JSONL, JSON, CSV, Parquet or a `datasets` folder.")
     validation: Path | None = Field(None, description="Validation examples, for eval loss during training.")
     test: Path | None = Field(None, description="Frozen held-out examples for evaluation; never trained on.")
+    format: str = Field("auto", description="Data format: auto (detected per file) or a format name.")
     system_prompt: str | None = Field(
         None,
         description="System prompt put in front of examples that have none; None leaves them as they are.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _splits_from_dataset(cls, data: Any) -> Any:
+        """`dataset: data/versions/<hash>` stands for its train/validation/test files (explicit ones win)."""
+        if isinstance(data, dict) and data.get("dataset"):
+            folder = Path(data["dataset"])
+            data = {
+                **{name: str(folder / f"{name}.jsonl") for name in ("train", "validation", "test")},
+                **data,
+            }
+        return data
 
 
 class LoraAdapter(Strict):
@@ -92,6 +109,9 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp32 on CPU (bf16 is ~15x slower there), bf16 on GPUs that support it."
+    )
+    packing: bool = Field(
+        False, description="Pack short examples into rows of model.max_length (no attention across them)."
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."

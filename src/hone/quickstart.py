@@ -42,9 +42,9 @@ def load_splits(config: HoneConfig) -> Splits:
     if data.test is None:
         raise HoneError("data.test: the quickstart needs a held-out test split to compare before and after")
     splits = Splits(
-        train=load_split(data.train, data.system_prompt),
-        validation=load_split(data.validation, data.system_prompt) if data.validation else [],
-        test=load_split(data.test, data.system_prompt),
+        train=load_split(data.train, data.system_prompt, data.format),
+        validation=load_split(data.validation, data.system_prompt, data.format) if data.validation else [],
+        test=load_split(data.test, data.system_prompt, data.format),
     )
     for examples in splits.as_dict().values():
         require_kind(examples, "chat", config.train.method)

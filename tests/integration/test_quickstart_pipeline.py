@@ -77,3 +77,35 @@ def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -
     assert "max_steps: 4" in (run.path / "config.yaml").read_text()
     shown = console.export_text()
     assert "before and after fine-tuning" in shown and "exact_match" in shown
+
+
+def test_prepared_dataset_trains_packed_and_records_its_version(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    from hone.data.prepare import PrepareOptions, prepare_dataset
+    from hone.data.sources import SourceSpec
+
+    sources = [SourceSpec(small_task[name]) for name in ("train", "validation", "test")]
+    folder = prepare_dataset(sources, tmp_path / "versions", PrepareOptions(fractions=(0.7, 0.15, 0.15)))
+    version = json.loads((folder / "card.json").read_text())["version"]
+    config = tmp_path / "packed.yaml"
+    config.write_text(
+        f"""# hone train -c {config}
+model: {{reference: "{tiny_model_dir}", max_length: 512}}
+data: {{dataset: {folder}}}
+train: {{adapter: {{kind: lora, r: 4}}, learning_rate: 1.0e-2, max_steps: 3, batch_size: 2, packing: true,
+        logging_steps: 1}}
+evaluate: {{max_new_tokens: 4, batch_size: 4}}
+run: {{name: packed, dir: {tmp_path / "runs"}}}
+""",
+        encoding="utf-8",
+    )
+    run = run_quickstart(load_config(config), Console(record=True, width=160))
+    manifest = run.manifest
+    assert manifest["status"] == "completed"
+    assert manifest["dataset"]["hash"] == version, "the run records the dataset version it trained on"
+    history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history if "loss" in row] == [1, 2, 3]
+    assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
+    adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
+    assert all(float(t.abs().sum()) > 0 for name, t in adapter.items() if "lora_B" in name)

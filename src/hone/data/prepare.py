@@ -193,6 +193,7 @@ def dataset_card(
         },
         "pii_redacted": redactions,
         "duplicates_dropped": duplicates,
+        "checks": content_checks(splits),
     }
     if options.stratify_by:
         card["labels"] = {
@@ -200,6 +201,26 @@ def dataset_card(
             for name, members in splits.items()
         }
     return card
+
+
+def content_checks(splits: dict[str, list[Example]]) -> dict[str, Any]:
+    """What `hone data check` would say about the written splits' content (token lengths need a model)."""
+    texts = {name: [example_text(e) for e in members] for name, members in splits.items()}
+    report: dict[str, Any] = {}
+    for name, members in texts.items():
+        pii = Counter(hit.kind for text in members for hit in checks.find_pii(text))
+        report[name] = {
+            "exact_duplicate_groups": len(checks.exact_duplicates(members)),
+            "near_duplicate_pairs": len(checks.near_duplicates(members)),
+            "pii": dict(sorted(pii.items())),
+        }
+    for name in ("validation", "test"):
+        overlaps = checks.cross_split_overlap(texts["train"], texts[name])
+        report[f"train_{name}_overlap"] = {
+            "exact": sum(o.exact for o in overlaps),
+            "near": sum(not o.exact for o in overlaps),
+        }
+    return report
 
 
 def source_digest(path: Path) -> str:

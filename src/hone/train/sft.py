@@ -18,6 +18,7 @@ from rich.console import Console
 
 from hone.config import HoneConfig
 from hone.data.formats import Example
+from hone.data.packing import collate_packed, pack
 from hone.data.tokenize import tokenize_chat
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
@@ -42,20 +43,36 @@ class TrainResult:
 
 
 def to_dataset(
-    tokenizer: Any, examples: list[Example], template: str, max_length: int, policy: str
+    tokenizer: Any, examples: list[Example], template: str, max_length: int, policy: str, packing: bool
 ) -> tuple[Any, int]:
-    """A `datasets.Dataset` with input_ids and labels, and how many examples were too long.
-
-    Under the `drop` policy too-long examples are left out; otherwise they were cut by the policy.
-    """
+    """A `datasets.Dataset` with input_ids and labels (and position_ids when packed), and how many
+    examples were too long. Under the `drop` policy too-long examples are left out; otherwise they were
+    cut by the policy."""
     from datasets import Dataset
 
     rows = [tokenize_chat(tokenizer, e.messages, template, max_length, policy) for e in examples]
     truncated = sum(r.truncated for r in rows)
     if policy == "drop":
         rows = [r for r in rows if not r.truncated]
-    columns = {"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]}
+    tokenized = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
+    if packing:
+        packed = pack(tokenized, max_length)
+        columns = {
+            name: [getattr(row, name) for row in packed] for name in ("input_ids", "labels", "position_ids")
+        }
+    else:
+        columns = {name: [row[name] for row in tokenized] for name in ("input_ids", "labels")}
     return Dataset.from_dict(columns), truncated
+
+
+class PackedCollator:
+    """Batches packed rows: no attention mask, so restarting position_ids keep examples apart."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        return collate_packed(rows, self.pad_token_id)
 
 
 def build_model(config: HoneConfig, model_path: Path, device: str, dtype: torch.dtype) -> Any:
@@ -118,10 +135,10 @@ def train_sft(
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
     limit, policy = config.model.max_length, config.model.truncation
-    train_set, truncated = to_dataset(tokenizer, train_examples, template, limit, policy)
+    train_set, truncated = to_dataset(tokenizer, train_examples, template, limit, policy, train.packing)
     eval_set = None
     if validation_examples:
-        eval_set, _ = to_dataset(tokenizer, validation_examples, template, limit, policy)
+        eval_set, _ = to_dataset(tokenizer, validation_examples, template, limit, policy, train.packing)
     if truncated:
         console.print(f"[yellow]{truncated} training example(s) over {limit} tokens ({policy})[/]")
 
@@ -153,6 +170,7 @@ def train_sft(
         data_seed=train.seed,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # hone builds exactly the columns it needs (position_ids when packed)
         max_length=config.model.max_length,
         dataloader_num_workers=0,
         use_cpu=device.value == "cpu",
@@ -164,6 +182,7 @@ def train_sft(
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
+        data_collator=PackedCollator(tokenizer.pad_token_id) if train.packing else None,
         callbacks=[progress],
     )
     for default_display in (PrinterCallback, ProgressCallback):

@@ -68,3 +68,15 @@ def test_bad_source_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="line 1"):
         prepare_dataset([SourceSpec(bad)], tmp_path / "out", PrepareOptions())
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_card_carries_the_content_checks(tmp_path: Path) -> None:
+    folder = prepare_dataset([SourceSpec(EXAMPLE / "test.jsonl")], tmp_path, PrepareOptions())
+    checks = json.loads((folder / "card.json").read_text())["checks"]
+    assert checks["train"] == {
+        "exact_duplicate_groups": 0,
+        "near_duplicate_pairs": checks["train"]["near_duplicate_pairs"],
+        "pii": {},
+    }
+    assert checks["train_test_overlap"]["exact"] == 0
+    assert set(checks) == {"train", "validation", "test", "train_validation_overlap", "train_test_overlap"}
