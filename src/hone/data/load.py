@@ -15,13 +15,18 @@ def load_split(path: Path, system_prompt: str | None = None, fmt: str = "auto") 
     """Every example of the file, or a HoneError listing its problems (the first 20 of them)."""
     records, read_errors = read_all(path)
     examples, format_errors = load_examples(records, fmt=fmt, system_prompt=system_prompt)
-    problems = read_errors + format_errors
-    if problems:
-        shown = problems[:SHOWN_PROBLEMS]
-        more = len(problems) - len(shown)
-        tail = f"\n  ... and {more} more (hone data check {path} lists them all)" if more else ""
-        raise HoneError(f"{len(problems)} problem(s) in {path}:\n  " + "\n  ".join(shown) + tail)
+    raise_problems(read_errors + format_errors, str(path))
     return examples
+
+
+def raise_problems(problems: list[str], where: str) -> None:
+    """One HoneError listing the first 20 problems, if there are any."""
+    if not problems:
+        return
+    shown = problems[:SHOWN_PROBLEMS]
+    more = len(problems) - len(shown)
+    tail = f"\n  ... and {more} more (hone data check lists them all)" if more else ""
+    raise HoneError(f"{len(problems)} problem(s) in {where}:\n  " + "\n  ".join(shown) + tail)
 
 
 def require_kind(examples: list[Example], kind: str, method: str) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 from hone.data import checks
 from hone.data.check import example_text
 from hone.data.formats import Example, load_examples
+from hone.data.load import raise_problems
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
-from hone.errors import HoneError
 from hone.io import atomic_write_json, atomic_write_jsonl
 from hone.models.resolve import file_digest
 
@@ -136,9 +136,7 @@ def prepare_dataset(sources: list[SourceSpec], out: Path, options: PrepareOption
     """Write the dataset version folder (atomically; reused when the same content exists) and return it."""
     records = mix_sources(sources, options.seed)
     examples, errors = load_examples(records, fmt=options.fmt, system_prompt=options.system_prompt)
-    if errors:
-        shown = "\n  ".join(errors[:20])
-        raise HoneError(f"{len(errors)} problem(s) in the sources:\n  {shown}")
+    raise_problems(errors, "the sources")
     redactions = 0
     if options.redact_pii:
         pairs = [redact_example(e) for e in examples]
