@@ -129,7 +129,10 @@ def train_and_compare(
     del base
     save_predictions(run, before)
     result = train_sft(config, model_path, tokenizer, splits.train, splits.validation, run, console)
-    tuned = result.model.merge_and_unload() if hasattr(result.model, "merge_and_unload") else result.model
+    # LoRA merges into the fp32 base for faster generation; a 4-bit base would be re-rounded by a merge,
+    # so QLoRA is evaluated through its adapter, as it will be served.
+    merge = config.train.adapter.kind == "lora"
+    tuned = result.model.merge_and_unload() if merge else result.model
     after = evaluate_model(
         "fine-tuned",
         tuned,

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -109,3 +110,24 @@ run: {{name: packed, dir: {tmp_path / "runs"}}}
     assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
     adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
     assert all(float(t.abs().sum()) > 0 for name, t in adapter.items() if "lora_B" in name)
+
+
+@pytest.mark.parametrize("adapter", ["qlora", "full"])
+def test_other_adapters_train(adapter: str, tiny_config: Path, tiny_model_dir: Path) -> None:
+    config = load_config(
+        tiny_config, [f"train.adapter={adapter}", f"run.name={adapter}", "train.max_steps=2"]
+    )
+    run = run_quickstart(config, Console(record=True, width=160))
+    assert run.manifest["status"] == "completed"
+    assert run.manifest["adapter"] == adapter
+    weights = run.path / run.manifest["artifacts"]["weights"]
+    history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
+    if adapter == "qlora":
+        trained = load_file(weights / "adapter_model.safetensors")
+        assert all(float(t.abs().sum()) > 0 for name, t in trained.items() if "lora_B" in name)
+    else:
+        before = load_file(tiny_model_dir / "model.safetensors")
+        after = load_file(weights / "model.safetensors")
+        unchanged = [name for name, tensor in before.items() if torch.equal(tensor, after[name])]
+        assert not unchanged, f"full fine-tuning left these weights untouched: {unchanged}"

@@ -75,11 +75,31 @@ class PackedCollator:
         return collate_packed(rows, self.pad_token_id)
 
 
-def build_model(config: HoneConfig, model_path: Path, device: str, dtype: torch.dtype) -> Any:
+def load_quantized(model_path: Path, device: str, dtype: torch.dtype, checkpointing: bool) -> Any:
+    """The base in 4-bit NF4 (double quantisation) for QLoRA; bitsandbytes >= 0.49 runs it on CPU too."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, quantization_config=quantization, dtype=dtype, device_map=device
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+
+
+def build_model(
+    config: HoneConfig, model_path: Path, device: str, dtype: torch.dtype, checkpointing: bool = False
+) -> Any:
     adapter = config.train.adapter
     if adapter.kind == "qlora":
-        raise HoneError("train.adapter: qlora is not available yet in this version; use lora or full")
-    model = load_model(model_path, dtype=dtype, device=device)
+        model = load_quantized(model_path, device, dtype, checkpointing)
+    else:
+        model = load_model(model_path, dtype=dtype, device=device)
     if adapter.kind == "full":
         return model
     from peft import LoraConfig, get_peft_model
@@ -142,7 +162,8 @@ def train_sft(
     if truncated:
         console.print(f"[yellow]{truncated} training example(s) over {limit} tokens ({policy})[/]")
 
-    model = build_model(config, model_path, device.value, dtype)
+    checkpointing = bool(choices["gradient checkpointing"].value)
+    model = build_model(config, model_path, device.value, dtype, checkpointing)
     args = SFTConfig(
         output_dir=str(run.path / "checkpoints"),
         per_device_train_batch_size=train.batch_size,
@@ -156,7 +177,7 @@ def train_sft(
         max_steps=train.max_steps or -1,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=bool(choices["gradient checkpointing"].value),
+        gradient_checkpointing=checkpointing,
         logging_steps=train.logging_steps,
         eval_strategy="steps"
         if (eval_set is not None and train.eval_every)
