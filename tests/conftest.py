@@ -31,6 +31,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.getbasetemp() / "hone-home"
     monkeypatch.setenv("HONE_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HONE_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     return home
 
 

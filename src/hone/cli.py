@@ -168,6 +168,18 @@ def data_target_config(target: Path, overrides: list[str] | None) -> HoneConfig:
         raise HoneError(format_validation_error(exc, "overrides")) from None
 
 
+@app.command("track")
+def track(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/<name>).")],
+    uri: Annotated[str | None, typer.Option(help="MLflow tracking URI; default SQLite in .hone/.")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "hone",
+) -> None:
+    """Log a run folder's params, metrics and artifacts to MLflow (runs are logged on completion too)."""
+    from hone.tracking import log_run
+
+    console.print(f"MLflow run {log_run(run, uri, experiment)}")
+
+
 @app.command("train")
 def train(config: ConfigOption, overrides: Overrides = None) -> None:
     """Train as the config says (validates data first) and evaluate before and after on the test split."""

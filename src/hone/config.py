@@ -153,12 +153,21 @@ class RunConfig(Strict):
     dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
 
 
+class TrackConfig(Strict):
+    enabled: bool = Field(True, description="Log every run's params, metrics and artifacts to MLflow.")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; None: SQLite in .hone/ (HONE_TRACKING_URI overrides)."
+    )
+    experiment: str = Field("hone", description="MLflow experiment name.")
+
+
 class HoneConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     data: DataConfig = Field(description="Where the examples are.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="How to train.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="How to evaluate.")
     run: RunConfig = Field(default_factory=RunConfig, description="Where the run is recorded.")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="Experiment tracking (MLflow).")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

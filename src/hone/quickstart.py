@@ -6,6 +6,7 @@ and written to `metrics.json`.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from hone.io import atomic_write_json, atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.runs import RunFolder
 from hone.train.sft import train_sft
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,6 +110,8 @@ def run_quickstart(config: HoneConfig, console: Console) -> RunFolder:
     atomic_write_json(run.path / "metrics.json", summary)
     run.update(metrics=headline(after.scores), artifacts={"metrics": "metrics.json"})
     run.finish("completed")
+    if config.track.enabled:
+        track(run, config, console)
     console.print(comparison_table(before, after))
     console.print(f"[bold green]Done[/] in {summary['wall_seconds'] / 60:.1f} min. Run folder: {run.path}")
     return run
@@ -158,6 +163,21 @@ def train_and_compare(
         },
     }
     return before, after, summary
+
+
+def track(run: RunFolder, config: HoneConfig, console: Console) -> None:
+    """Copy the finished run into MLflow; a tracking failure is reported, never fatal to the run."""
+    from hone.tracking import log_run
+
+    try:
+        run_id = log_run(run.path, config.track.uri, config.track.experiment)
+    except Exception as exc:  # the run folder is complete either way
+        logger.warning("MLflow tracking failed: %s", exc)
+        console.print(
+            f"[yellow]MLflow tracking failed ({type(exc).__name__}: {exc}); the run folder is complete[/]"
+        )
+        return
+    console.print(f"[bold]Tracked[/] in MLflow experiment {config.track.experiment!r}, run {run_id}")
 
 
 def save_predictions(run: RunFolder, evaluation: Evaluation) -> None:

@@ -53,6 +53,7 @@ def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -
     assert len(manifest["dataset"]["hash"]) == 64
     assert manifest["dataset"]["splits"]["test"]["examples"] == 6
     assert manifest["code_version"]["hone"]
+    assert manifest["tracking"]["run_id"], "the run was logged to MLflow"
     assert set(manifest["metrics"]) >= {"json_valid", "schema_valid", "exact_match", "category_accuracy"}
 
     adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
