@@ -88,17 +88,19 @@ def test_prompt_completion_strings_and_conversational() -> None:
     )
 
 
+def paris_pair(line: int) -> Example:
+    """The preference example that both the TRL and the OpenAI DPO spellings below normalise to."""
+    question, chosen, rejected = (
+        msg("user", "Capital of France?"),
+        msg("assistant", "Paris."),
+        msg("assistant", "Lyon."),
+    )
+    return Example("preference", [question], [chosen], [rejected], None, "d.jsonl", line)
+
+
 def test_preference_with_explicit_prompt() -> None:
     example = normalise(rec({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}))
-    assert example == Example(
-        "preference",
-        [msg("user", "Capital of France?")],
-        [msg("assistant", "Paris.")],
-        [msg("assistant", "Lyon.")],
-        None,
-        "d.jsonl",
-        1,
-    )
+    assert example == paris_pair(line=1)
 
 
 def test_preference_full_conversations_share_their_prompt() -> None:
@@ -126,16 +128,7 @@ def test_openai_dpo() -> None:
         "preferred_output": [msg("assistant", "Paris.")],
         "non_preferred_output": [msg("assistant", "Lyon.")],
     }
-    example = normalise(rec(data, line=4))
-    assert example == Example(
-        "preference",
-        [msg("user", "Capital of France?")],
-        [msg("assistant", "Paris.")],
-        [msg("assistant", "Lyon.")],
-        None,
-        "d.jsonl",
-        4,
-    )
+    assert normalise(rec(data, line=4)) == paris_pair(line=4)
     data["preferred_output"] = [msg("user", "Paris.")]
     assert problem(data) == "d.jsonl line 1: preferred_output[0].role: role 'user'; expected assistant"
     data["input"] = [msg("user", "x")]
