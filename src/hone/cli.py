@@ -239,4 +239,5 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU kernels it does not need
     hf_logging.disable_progress_bar()
