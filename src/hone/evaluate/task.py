@@ -69,15 +69,17 @@ def evaluate_model(
     per_request = [g.seconds / max(batch_size, 1) for g in generations]
     scores["seconds_per_example"] = statistics.fmean(per_request) if per_request else 0.0
     scores["completion_tokens_mean"] = statistics.fmean(g.completion_tokens for g in generations)
-    predictions = [
-        {
-            "source": e.source,
-            "line": e.line,
-            "reference": ref,
-            "output": out,
-            "valid_json": parse_json_object(out) is not None,
-            "exact_match": parse_json_object(out) == json.loads(ref),
-        }
-        for e, ref, out in zip(examples, references, outputs, strict=True)
-    ]
+    predictions = []
+    for example, reference, output in zip(examples, references, outputs, strict=True):
+        parsed = parse_json_object(output)
+        predictions.append(
+            {
+                "source": example.source,
+                "line": example.line,
+                "reference": reference,
+                "output": output,
+                "valid_json": parsed is not None,
+                "exact_match": parsed == json.loads(reference),
+            }
+        )
     return Evaluation(label, scores, predictions)
