@@ -175,7 +175,7 @@ def track(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "hone",
 ) -> None:
     """Log a run folder's params, metrics and artifacts to MLflow (runs are logged on completion too)."""
-    from hone.tracking import log_run
+    from hone.track import log_run
 
     console.print(f"MLflow run {log_run(run, uri, experiment)}")
 

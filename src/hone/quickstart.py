@@ -167,7 +167,7 @@ def train_and_compare(
 
 def track(run: RunFolder, config: HoneConfig, console: Console) -> None:
     """Copy the finished run into MLflow; a tracking failure is reported, never fatal to the run."""
-    from hone.tracking import log_run
+    from hone.track import log_run
 
     try:
         run_id = log_run(run.path, config.track.uri, config.track.experiment)

@@ -1,0 +1,235 @@
+"""Experiment tracking: a copy of a run folder in MLflow, so runs can be searched and compared in its UI.
+
+The run folder stays the source of truth (see hone.runs); MLflow only gets a snapshot of it. The default
+store is a SQLite file in the project's `.hone/` folder with artifacts beside it, so tracking needs no
+server and no network; HONE_TRACKING_URI (or an explicit URI) points elsewhere.
+
+Every call to `log_run` makes a new MLflow run, even for a run folder logged before: the MLflow run is a
+snapshot taken at that moment (a still running run can be logged again once it has finished), and the
+manifest's `tracking.run_id` always names the latest snapshot. mlflow is imported inside the functions
+that need it because importing it takes seconds, which every other hone command would otherwise pay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+
+from hone.runs import RunFolder
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+TRACKING_URI_ENV = "HONE_TRACKING_URI"
+PARAM_VALUE_LIMIT = 500  # the smallest limit any MLflow server enforces (newer ones allow 6000)
+KEY_LIMIT = 250  # MLflow's limit on param and metric key length
+PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
+METRICS_PER_BATCH = 1000
+FILES = ("manifest.json", "config.yaml", "metrics.json", "history.jsonl")
+WEIGHT_FOLDERS = ("adapter", "model")
+# MLflow's portable key characters (it also allows ':' except on Windows, so a store stays readable there)
+NOT_IN_KEY = re.compile(r"[^\w.\- /]")
+MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED"}
+
+T = TypeVar("T")
+
+
+def default_tracking_uri() -> str:
+    """HONE_TRACKING_URI, else SQLite in `.hone/` of the current project: offline, nothing to set up."""
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV]
+    folder = Path.cwd() / ".hone"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative ones against the cwd); None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    return Path(path).resolve()
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys ({"train": {"seed": 1}} -> {"train.seed": 1}), as MLflow shows them."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def mlflow_key(name: str) -> str:
+    """A key MLflow accepts: odd characters become `_`, and no empty, `.` or `..` path parts remain.
+
+    MLflow may store keys as file names, so it refuses keys that a path normalisation would change.
+    """
+    key = NOT_IN_KEY.sub("_", name)
+    key = "/".join(part for part in key.split("/") if part not in ("", ".", ".."))
+    return key[:KEY_LIMIT] or "_"
+
+
+def is_number(value: Any) -> bool:
+    """Numbers only: a bool is an int to Python but not a metric."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def param_value(value: Any) -> str:
+    """Strings as they are, anything else as JSON (null, true, lists), cut to the portable length."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text[:PARAM_VALUE_LIMIT]
+
+
+def code_version_text(version: dict[str, Any]) -> str:
+    """One searchable string: `0.1.0@<commit>`, `+dirty` when the checkout had uncommitted changes."""
+    text = str(version.get("hone", "unknown"))
+    if version.get("git_commit"):
+        text += f"@{version['git_commit']}"
+        if version.get("git_dirty"):
+            text += "+dirty"
+    return text
+
+
+def run_params(run: RunFolder, manifest: dict[str, Any]) -> list[Param]:
+    """The resolved config as dotted params, plus the lineage (data, base model, code) from the manifest."""
+    from mlflow.entities import Param
+
+    config = run.path / "config.yaml"
+    raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    params = flatten(raw or {})
+    lineage = {
+        "dataset_hash": (manifest.get("dataset") or {}).get("hash"),
+        "base_model": (manifest.get("base_model") or {}).get("reference"),
+        "code_version": code_version_text(manifest["code_version"]) if manifest.get("code_version") else None,
+    }
+    params.update({key: value for key, value in lineage.items() if value is not None})
+    values = {mlflow_key(key): param_value(value) for key, value in params.items()}
+    return [Param(key, value) for key, value in sorted(values.items())]
+
+
+def run_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """Tags to filter runs by in the UI; the git commit also fills MLflow's own source column."""
+    tags = {
+        "hone.run_name": manifest.get("name"),
+        "hone.status": manifest.get("status"),
+        "hone.method": manifest.get("method"),
+        "hone.adapter": manifest.get("adapter"),
+        "mlflow.source.git.commit": (manifest.get("code_version") or {}).get("git_commit"),
+    }
+    return {key: str(value) for key, value in tags.items() if value is not None}
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file; blank lines (a trailing newline, a run killed mid-write) are skipped."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def run_metrics(run: RunFolder) -> list[Metric]:
+    """Every number of history.jsonl at its step, then the final scores of metrics.json at step 0.
+
+    One value per key and step is kept (the last): a step's train and eval rows repeat fields such as
+    `epoch`, and MLflow would otherwise store both points.
+    """
+    from mlflow.entities import Metric
+
+    points: dict[tuple[str, int], float] = {}
+    history = run.path / "history.jsonl"
+    if history.is_file():
+        for row in read_jsonl(history):
+            step = int(row.get("step") or 0)
+            for name, value in row.items():
+                if name != "step" and is_number(value):
+                    points[mlflow_key(name), step] = float(value)
+    scores = run.path / "metrics.json"
+    if scores.is_file():
+        for name, value in flatten(json.loads(scores.read_text(encoding="utf-8"))).items():
+            if is_number(value):
+                points[mlflow_key(name), 0] = float(value)
+    stamp = int(time.time() * 1000)
+    return [Metric(key, value, stamp, step) for (key, step), value in points.items()]
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it (artifacts in `mlartifacts/` beside a SQLite file) when new.
+
+    A deleted experiment of that name is restored: MLflow keeps the name taken, so it cannot be re-created.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    database = sqlite_file(uri)
+    location = (database.parent / "mlartifacts").as_uri() if database else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it in the meantime
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def log_artifacts(client: MlflowClient, run_id: str, run: RunFolder, manifest: dict[str, Any]) -> None:
+    """The run's record files and its weights folder, each only when present."""
+    for name in FILES:
+        if (run.path / name).is_file():
+            client.log_artifact(run_id, str(run.path / name))
+    declared = (manifest.get("artifacts") or {}).get("weights")
+    for folder in ([declared] if declared else []) + list(WEIGHT_FOLDERS):
+        if (run.path / folder).is_dir():
+            client.log_artifacts(run_id, str(run.path / folder), artifact_path=Path(folder).name)
+            return
+
+
+def log_run(run_path: Path, tracking_uri: str | None = None, experiment: str = "hone") -> str:
+    """Copy a run folder into a new MLflow run; returns its id, which is also written into the manifest.
+
+    The MLflow run ends FINISHED or FAILED like the hone run; one logged while hone is still running stays
+    RUNNING, as it was when the snapshot was taken. If logging fails half way the MLflow run is marked
+    FAILED, so no half-copied run looks complete.
+    """
+    from mlflow.tracking import MlflowClient
+
+    run = RunFolder.open(Path(run_path))
+    manifest = run.manifest
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    created = client.create_run(
+        experiment_id(client, experiment, uri), run_name=run.path.name, tags=run_tags(manifest)
+    )
+    run_id = created.info.run_id
+    try:
+        for params in batches(run_params(run, manifest), PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=params)
+        for metrics in batches(run_metrics(run), METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics)
+        log_artifacts(client, run_id, run, manifest)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if manifest.get("status") in MLFLOW_STATUS:
+        client.set_terminated(run_id, status=MLFLOW_STATUS[manifest["status"]])
+    run.update(tracking={"uri": uri, "experiment": experiment, "run_id": run_id})
+    return run_id
