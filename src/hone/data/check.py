@@ -63,13 +63,13 @@ def example_text(example: Example) -> str:
     return "\n".join(parts)
 
 
-def rendered_text(example: Example, tokenizer: Any, template: str | None, render: Any = None) -> str:
+def rendered_text(example: Example, render: Any) -> str:
     """The training text whose length is limited by max_length: the longer branch for pairs.
 
-    `render` is a compiled template (see `compiled_renderer`); it renders the same text as
-    `apply_chat_template` at a fraction of its per-call cost, which dominates at 100,000 examples.
+    `render` is a compiled template (see `compiled_renderer`), or None when the model has no usable
+    chat template and the plain text is measured instead.
     """
-    if example.kind == "text" or template is None:
+    if example.kind == "text" or render is None:
         return example.text or example_text(example)
     messages = example.messages
     if example.kind == "preference":
@@ -80,14 +80,15 @@ def rendered_text(example: Example, tokenizer: Any, template: str | None, render
             else rejected
         )
         messages = messages + longest
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if render is not None:
-        return render(plain)
-    return tokenizer.apply_chat_template(plain, chat_template=template, tokenize=False)
+    return render([{"role": m["role"], "content": m["content"]} for m in messages])
 
 
 def compiled_renderer(tokenizer: Any, template: str) -> Any:
-    """A function chat -> text that uses transformers' own compiled (cached) jinja template once."""
+    """A function chat -> text through transformers' own compiled (cached) jinja template.
+
+    It renders the same text as `apply_chat_template` at a fraction of that call's per-example cost,
+    which dominates at 100,000 examples.
+    """
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     compiled = _compile_jinja_template(template)
@@ -103,7 +104,7 @@ def token_lengths(
     examples: list[Example], tokenizer: Any, template: str | None, batch: int = 2048
 ) -> list[int]:
     render = compiled_renderer(tokenizer, template) if template else None
-    texts = [rendered_text(example, tokenizer, template, render) for example in examples]
+    texts = [rendered_text(example, render) for example in examples]
     lengths: list[int] = []
     for start in range(0, len(texts), batch):
         encoded = tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]
