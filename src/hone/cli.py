@@ -157,7 +157,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 def data_target_config(target: Path, overrides: list[str] | None) -> HoneConfig:
     """A config file as is, or a bare data file wrapped in the default config as its train split."""
-    from hone.config import HoneConfig, apply_overrides, format_validation_error, load_config
+    from hone.config import apply_overrides, format_validation_error, load_config
 
     if target.suffix in (".yaml", ".yml"):
         return load_config(target, overrides)

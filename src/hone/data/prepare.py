@@ -27,8 +27,7 @@ from hone.data.formats import Example, load_examples
 from hone.data.load import raise_problems
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
-from hone.io import atomic_write_json, atomic_write_jsonl
-from hone.models.resolve import file_digest
+from hone.io import atomic_write_json, atomic_write_jsonl, file_digest
 
 SPLITS = ("train", "validation", "test")
 

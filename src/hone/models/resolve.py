@@ -12,7 +12,6 @@ GGUF files are converted once into a safetensors checkpoint in hone's cache and 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.errors import HoneError
+from hone.io import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +91,6 @@ def resolve_model(reference: str) -> Path:
         f"model {reference!r}: not a built-in alias ({known}), a local folder, a .gguf file "
         "or a hub id (org/name)"
     )
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_from_hub(repo_id: str) -> Path:
