@@ -181,9 +181,25 @@ def track(
 
 
 @app.command("train")
-def train(config: ConfigOption, overrides: Overrides = None) -> None:
-    """Train as the config says (validates data first) and evaluate before and after on the test split."""
-    quickstart(config, overrides)
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    overrides: Overrides = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run folder from its newest complete checkpoint.")
+    ] = None,
+) -> None:
+    """Train with the config's method (sft, pretrain, dpo, reward, rl) and adapter; or --resume a run."""
+    from hone.config import load_config
+    from hone.train.pipeline import resume_training, run_training
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise HoneError("--resume takes the run's own config; drop --config and overrides")
+        resume_training(resume, console)
+    elif config is None:
+        raise HoneError("hone train needs --config CONFIG (or --resume RUN)")
+    else:
+        run_training(load_config(config, overrides), console)
 
 
 @app.command("quickstart")

@@ -88,8 +88,30 @@ class FullAdapter(Strict):
 Adapter = Annotated[LoraAdapter | QLoraAdapter | FullAdapter, Field(discriminator="kind")]
 
 
+class DpoSettings(Strict):
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (the paper's), ipo, hinge or robust (noisy labels)."
+    )
+
+
+class RlSettings(Strict):
+    algorithm: Literal["grpo", "rloo"] = Field("grpo", description="GRPO or RLOO (both from TRL).")
+    reward: str | None = Field(
+        None,
+        description="'path/to/file.py:function' (a Python reward function) or a reward-model run folder.",
+    )
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference model; 0 needs none.")
+
+
 class TrainConfig(Strict):
-    method: Literal["sft"] = Field("sft", description="Training method.")
+    method: Literal["sft", "pretrain", "dpo", "reward", "rl"] = Field(
+        "sft",
+        description="sft (chats), pretrain (documents), dpo and reward (preference pairs), rl (prompts).",
+    )
     adapter: Adapter = Field(
         default_factory=LoraAdapter, description="full, lora or qlora, with its settings."
     )
@@ -120,7 +142,28 @@ class TrainConfig(Strict):
         None, ge=1, description="Validation loss every N steps; None: once per epoch."
     )
     logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
+    save_every: int | None = Field(
+        None,
+        ge=1,
+        description="Checkpoint every N steps for resume; None: at every validation (or once per epoch).",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=2,
+        description="Newest checkpoints kept, at least 2 so one whole checkpoint survives a crash mid-save.",
+    )
+    keep_best: bool = Field(
+        True, description="With a validation split, end with the weights of the lowest validation loss."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without a lower loss; None: never."
+    )
+    report_to: list[str] = Field(
+        default_factory=list, description="Extra live loggers passed to transformers: wandb, tensorboard."
+    )
     seed: int = Field(42, description="Seed for weights init, dropout and data order.")
+    dpo: DpoSettings = Field(default_factory=DpoSettings, description="Settings of method dpo.")
+    rl: RlSettings = Field(default_factory=RlSettings, description="Settings of method rl.")
 
     @model_validator(mode="before")
     @classmethod
@@ -131,6 +174,17 @@ class TrainConfig(Strict):
         if isinstance(data, dict) and isinstance(data.get("adapter"), dict) and "kind" not in data["adapter"]:
             data = {**data, "adapter": {"kind": "lora", **data["adapter"]}}
         return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.method == "rl" and not self.rl.reward:
+            raise ValueError("rl.reward is required for method rl: 'file.py:function' or a reward-model run")
+        if self.save_every and self.eval_every and self.keep_best and self.save_every % self.eval_every:
+            raise ValueError(
+                f"save_every ({self.save_every}) must be a multiple of eval_every ({self.eval_every}) so the "
+                "best validation step has a checkpoint; or set keep_best: false"
+            )
+        return self
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

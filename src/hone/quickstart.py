@@ -24,6 +24,7 @@ from hone.evaluate.task import Evaluation, evaluate_model, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.runs import RunFolder
+from hone.train.pipeline import training_summary
 from hone.train.sft import train_sft
 
 logger = logging.getLogger(__name__)
@@ -152,15 +153,7 @@ def train_and_compare(
     summary = {
         "base": before.scores,
         "fine-tuned": after.scores,
-        "training": {
-            "steps": result.steps,
-            "train_loss": result.train_loss,
-            "eval_loss": result.eval_loss,
-            "seconds": round(result.seconds, 1),
-            "trained_tokens": result.trained_tokens,
-            "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
-            "truncated_examples": result.truncated,
-        },
+        "training": training_summary(result),
     }
     return before, after, summary
 

@@ -24,9 +24,16 @@ class RichProgress(TrainerCallback):
         self.started = 0.0
         self.eval_seconds = 0.0  # excluded from tokens/s: evaluation trains on nothing
         self.fields = {"loss": "-", "eval": "-", "tps": "-"}
+        self.train_seconds = 0.0  # wall time of this process's training, validation excluded
+        self.tokens_at_start = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
+        # Resumed from a checkpoint: the Trainer restored the log of the steps before it.
+        self.history = [dict(record) for record in state.log_history]
+        self.tokens_at_start = getattr(state, "num_input_tokens_seen", 0) or 0
+        if not state.is_world_process_zero:
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -54,7 +61,7 @@ class RichProgress(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         self.eval_seconds += float(logs.get("eval_runtime", 0.0))
         elapsed = time.perf_counter() - self.started - self.eval_seconds
-        tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+        tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - self.tokens_at_start
         if tokens and elapsed > 0:
             record["tokens_per_second"] = round(tokens / elapsed, 1)
             self.fields["tps"] = f"{record['tokens_per_second']:.0f}"
@@ -67,6 +74,7 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, **self.fields)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.train_seconds = time.perf_counter() - self.started - self.eval_seconds
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, **self.fields)
             self.progress.stop()

@@ -1,0 +1,194 @@
+"""`hone train`: check the data, make the run folder, train with the configured method, record it all.
+
+`hone train --resume RUN` rebuilds the same run from its folder (the resolved config, the dataset hash)
+and continues from its newest complete checkpoint. Under `accelerate launch` every process runs this;
+only the main process writes the run folder, and the others learn its path from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from hone.config import HoneConfig, load_config
+from hone.data.formats import Example
+from hone.data.load import load_split, require_kind
+from hone.data.version import dataset_hash
+from hone.errors import HoneError
+from hone.io import atomic_write_json
+from hone.models.resolve import load_tokenizer, resolve_model
+from hone.runs import RunFolder
+from hone.train.checkpoints import latest_complete, remove_incomplete
+from hone.train.setup import TrainResult
+
+logger = logging.getLogger(__name__)
+
+# What each method trains on (see hone.data.formats.Example.kind).
+METHOD_DATA = {"sft": "chat", "pretrain": "text", "dpo": "preference", "reward": "preference", "rl": "chat"}
+
+
+def load_training_splits(config: HoneConfig) -> dict[str, list[Example]]:
+    """Every split in the config, checked against what the method needs before any compute.
+
+    The test split is not trained on, but it is part of the dataset version the run records.
+    """
+    data, method = config.data, config.train.method
+    splits = {"train": load_split(data.train, data.system_prompt, data.format)}
+    for name in ("validation", "test"):
+        path = getattr(data, name)
+        if path:
+            splits[name] = load_split(path, data.system_prompt, data.format)
+    for examples in splits.values():
+        require_kind(examples, METHOD_DATA[method], method)
+    if not splits["train"]:
+        raise HoneError(f"{data.train}: no training examples")
+    return splits
+
+
+def train_method(
+    config: HoneConfig,
+    model_path: Path,
+    tokenizer: Any,
+    splits: dict[str, list[Example]],
+    run: RunFolder,
+    console: Console,
+    resume: Path | None = None,
+) -> TrainResult:
+    """Dispatch to the method's module; each has the same signature."""
+    method = config.train.method
+    if method == "sft":
+        from hone.train.sft import train_sft as train
+    elif method == "pretrain":
+        from hone.train.pretrain import train_pretrain as train
+    elif method == "dpo":
+        from hone.train.dpo import train_dpo as train
+    elif method == "reward":
+        from hone.train.reward import train_reward as train
+    else:
+        from hone.train.rl import train_rl as train
+    validation = splits.get("validation", [])
+    return train(config, model_path, tokenizer, splits["train"], validation, run, console, resume)
+
+
+def run_training(config: HoneConfig, console: Console) -> RunFolder:
+    """A new run: its folder is created by the main process and shared with the others."""
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group when launched by accelerate; a no-op otherwise
+    splits = load_training_splits(config)
+    version = dataset_hash(splits)
+    with state.main_process_first():  # one process converts the model; the others find it cached
+        model_path = resolve_model(config.model.reference)
+    run = shared_run_folder(config, state)
+    if state.is_main_process:
+        console.print(f"[bold]Run folder[/] {run.path}")
+        run.update(base_model={"path": str(model_path)}, dataset=dataset_record(config, splits, version))
+    return execute(config, model_path, splits, run, console, resume=None)
+
+
+def resume_training(run_path: Path, console: Console) -> RunFolder:
+    """Continue a run that stopped (killed, crashed, out of time) from its newest complete checkpoint."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    run = RunFolder.open(run_path)
+    manifest = run.manifest
+    if manifest.get("status") == "completed":
+        raise HoneError(f"{run_path}: the run already completed; nothing to resume")
+    config = load_config(run_path / "config.yaml")
+    splits = load_training_splits(config)
+    recorded = (manifest.get("dataset") or {}).get("hash")
+    version = dataset_hash(splits)
+    if recorded and recorded != version:
+        raise HoneError(
+            f"{run_path}: the training data changed since the run started (dataset hash {version[:12]}, "
+            f"run recorded {recorded[:12]}); resuming would not reproduce the run"
+        )
+    model_path = resolve_model(config.model.reference)
+    if state.is_main_process:
+        for path in remove_incomplete(run_path):
+            console.print(f"[yellow]removed {path.name}: it was being written when the run stopped[/]")
+    state.wait_for_everyone()
+    checkpoint = latest_complete(run_path)
+    if checkpoint is None:
+        console.print("[yellow]no complete checkpoint yet: training again from the first step[/]")
+    else:
+        console.print(f"[bold]Resuming[/] {run.path.name} from {checkpoint.name}")
+    if state.is_main_process:
+        run.update(status="running", resumed_from=checkpoint.name if checkpoint else None)
+    return execute(config, model_path, splits, run, console, resume=checkpoint)
+
+
+def execute(
+    config: HoneConfig,
+    model_path: Path,
+    splits: dict[str, list[Example]],
+    run: RunFolder,
+    console: Console,
+    resume: Path | None,
+) -> RunFolder:
+    from accelerate import PartialState
+
+    state = PartialState()
+    tokenizer = load_tokenizer(model_path)
+    try:
+        result = train_method(config, model_path, tokenizer, splits, run, console, resume)
+    except BaseException as exc:
+        if state.is_main_process:
+            run.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if not state.is_main_process:
+        return run
+    summary = training_summary(result)
+    atomic_write_json(run.path / "metrics.json", {"training": summary})
+    run.update(training=summary, artifacts={"metrics": "metrics.json"})
+    run.finish("completed")
+    if config.track.enabled:
+        from hone.quickstart import track
+
+        track(run, config, console)
+    console.print(
+        f"[bold green]Done[/]: {result.steps} steps, train loss {fmt(result.train_loss)}, "
+        f"validation loss {fmt(result.eval_loss)}. Run folder: {run.path}"
+    )
+    return run
+
+
+def shared_run_folder(config: HoneConfig, state: Any) -> RunFolder:
+    """The main process creates the folder; its path is broadcast so every process writes to the same."""
+    from accelerate.utils import broadcast_object_list
+
+    paths = [str(RunFolder.create(config).path) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(paths)
+    return RunFolder(Path(paths[0]))  # type: ignore[arg-type]
+
+
+def dataset_record(config: HoneConfig, splits: dict[str, list[Example]], version: str) -> dict[str, Any]:
+    return {
+        "hash": version,
+        "splits": {
+            name: {"path": str(getattr(config.data, name)), "examples": len(examples)}
+            for name, examples in splits.items()
+        },
+    }
+
+
+def training_summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "eval_loss": result.eval_loss,
+        "best_step": result.best_step,
+        "seconds": round(result.seconds, 1),
+        "trained_tokens": result.trained_tokens,
+        "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
+        "truncated_examples": result.truncated,
+    }
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

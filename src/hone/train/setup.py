@@ -1,0 +1,256 @@
+"""What every method shares: hardware choices, the model with its adapter, the Trainer arguments that
+make checkpoints resumable and validation useful, and the end of training (history, weights on disk).
+
+Each method module (sft, pretrain, dpo, reward, rl) builds its dataset and its TRL trainer, and hands
+the rest to these functions, so a fix to checkpointing or early stopping reaches every method at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.console import Console
+
+from hone.config import HoneConfig, LoraAdapter
+from hone.io import atomic_write_jsonl
+from hone.models.resolve import load_model
+from hone.runs import RunFolder
+from hone.train import hardware
+from hone.train.checkpoints import CHECKPOINTS, MarkComplete
+from hone.train.progress import RichProgress
+
+Head = Literal["causal", "score"]
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the trained model (a PEFT model for adapters), ready for evaluation
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    seconds: float
+    trained_tokens: int
+    truncated: int
+    best_step: int | None = None
+
+
+@dataclass
+class Setup:
+    """The hardware-dependent choices of one run, made once and printed with their reasons."""
+
+    choices: dict[str, hardware.Choice]
+
+    @property
+    def device(self) -> str:
+        return str(self.choices["device"].value)
+
+    @property
+    def precision(self) -> str:
+        return str(self.choices["precision"].value)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    @property
+    def checkpointing(self) -> bool:
+        return bool(self.choices["gradient checkpointing"].value)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.choices["learning rate"].value)
+
+
+def choose(config: HoneConfig, console: Console) -> Setup:
+    train = config.train
+    device = hardware.device_choice()
+    setup = Setup(
+        {
+            "device": device,
+            "precision": hardware.precision_choice(train, device.value),
+            "gradient checkpointing": hardware.checkpointing_choice(train, device.value),
+            "learning rate": hardware.learning_rate_choice(train),
+        }
+    )
+    console.print("[bold]Training choices[/]")
+    for name, choice in setup.choices.items():
+        console.print(f"  [cyan]{name}[/]: {choice.value}  [dim]({choice.reason})[/]")
+    return setup
+
+
+def lora_config(adapter: LoraAdapter, task_type: str) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        use_dora=adapter.use_dora,
+        use_rslora=adapter.use_rslora,
+        task_type=task_type,
+    )
+
+
+def quantization_config(dtype: torch.dtype) -> Any:
+    """NF4 with double quantisation (the QLoRA paper's setting); bitsandbytes >= 0.49 runs it on CPU too."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_base(model_path: Path, setup: Setup, quantized: bool, head: Head = "causal") -> Any:
+    """The base model: a causal LM, or a sequence classifier with one scalar output for reward models."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if head == "causal" and not quantized:
+        return load_model(model_path, dtype=setup.dtype, device=setup.device)
+    options: dict[str, Any] = {"dtype": setup.dtype, "device_map": setup.device}
+    if quantized:
+        options["quantization_config"] = quantization_config(setup.dtype)
+    if head == "causal":
+        model = AutoModelForCausalLM.from_pretrained(model_path, **options)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **options)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=setup.checkpointing)
+    return model
+
+
+def build_model(config: HoneConfig, model_path: Path, setup: Setup, head: Head = "causal") -> Any:
+    """The base with the configured adapter: a PEFT model for lora/qlora, the model itself for full."""
+    adapter = config.train.adapter
+    model = load_base(model_path, setup, adapter.kind == "qlora", head)
+    if head == "score" and model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id  # the classifier reads the last real token
+    if not isinstance(adapter, LoraAdapter):
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(adapter, "CAUSAL_LM" if head == "causal" else "SEQ_CLS"))
+
+
+def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validating: bool) -> dict[str, Any]:
+    """TrainingArguments every method shares: schedule, precision, validation, checkpoints, logging.
+
+    Checkpoints are written at every validation (or every `save_every` steps), so `--resume` always has
+    a recent one, and with `keep_best` the best validation step is among them.
+    """
+    train = config.train
+    evaluation = "steps" if validating and train.eval_every else "epoch" if validating else "no"
+    if train.save_every:
+        saving, save_steps = "steps", train.save_every
+    elif evaluation == "steps":
+        saving, save_steps = "steps", train.eval_every
+    else:
+        saving, save_steps = "epoch", None
+    keep_best = validating and train.keep_best
+    return {
+        "output_dir": str(run.path / CHECKPOINTS),
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.batch_size * 2,
+        "gradient_accumulation_steps": train.gradient_accumulation,
+        "learning_rate": setup.learning_rate,
+        "lr_scheduler_type": train.scheduler,
+        "warmup_steps": train.warmup_ratio,  # a value below 1 is a fraction of all steps
+        "weight_decay": train.weight_decay,
+        "num_train_epochs": train.epochs,
+        "max_steps": train.max_steps or -1,
+        "bf16": setup.precision == "bf16",
+        "fp16": setup.precision == "fp16",
+        "gradient_checkpointing": setup.checkpointing,
+        "logging_steps": train.logging_steps,
+        "eval_strategy": evaluation,
+        "eval_steps": train.eval_every if evaluation == "steps" else None,
+        "save_strategy": saving,
+        "save_steps": save_steps,
+        "save_total_limit": train.keep_checkpoints,
+        "load_best_model_at_end": keep_best or bool(train.early_stopping_patience and validating),
+        "metric_for_best_model": "eval_loss" if validating else None,
+        "greater_is_better": False if validating else None,
+        "report_to": train.report_to or "none",
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_cpu": setup.device == "cpu",
+    }
+
+
+def callbacks(config: HoneConfig, console: Console, validating: bool, description: str) -> list[Any]:
+    """The progress bar (which also records the loss history), checkpoint marks and early stopping."""
+    from transformers import EarlyStoppingCallback
+
+    found: list[Any] = [RichProgress(console, description), MarkComplete()]
+    if validating and config.train.early_stopping_patience:
+        found.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    return found
+
+
+def fit(trainer: Any, run: RunFolder, adapter_kind: str, resume: Path | None, truncated: int = 0) -> TrainResult:
+    """Train (from a checkpoint when resuming), then write the loss history and the final weights."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for default_display in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(default_display)
+    progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    eval_loss = state.best_metric if trainer.args.load_best_model_at_end else None
+    if eval_loss is None:
+        eval_loss = last_logged(progress.history, "eval_loss", state.global_step)
+    if eval_loss is None and trainer.eval_dataset is not None:
+        eval_loss = trainer.evaluate().get("eval_loss")
+    save_trained(trainer, run, adapter_kind)
+    if trainer.args.should_save:
+        atomic_write_jsonl(run.path / "history.jsonl", progress.history)
+    losses = [h["loss"] for h in progress.history if "loss" in h]
+    return TrainResult(
+        model=trainer.model,
+        steps=state.global_step,
+        train_loss=losses[-1] if losses else output.training_loss,
+        eval_loss=eval_loss,
+        seconds=progress.train_seconds,
+        trained_tokens=int(state.num_input_tokens_seen or 0),
+        truncated=truncated,
+        best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
+    )
+
+
+def last_logged(history: list[dict[str, Any]], key: str, step: int) -> float | None:
+    """A value already logged at the last step, so validation is not run twice."""
+    for record in reversed(history):
+        if record.get("step") == step and key in record:
+            return float(record[key])
+    return None
+
+
+def save_trained(trainer: Any, run: RunFolder, adapter_kind: str) -> None:
+    """Adapter weights (or the full model) plus the tokenizer, recorded in the manifest.
+
+    Every process takes part (FSDP and ZeRO-3 gather the shards to save them); the main process then
+    moves the finished folder into place, so a crash mid-save never leaves a folder that looks complete.
+    """
+    folder = "model" if adapter_kind == "full" else "adapter"
+    staging = run.path / f".tmp-{folder}"
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # also saves the tokenizer (the trainer's processing class)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        shutil.rmtree(run.path / folder, ignore_errors=True)
+        os.replace(staging, run.path / folder)
+        run.update(artifacts={"weights": folder, "history": "history.jsonl"})
