@@ -1,4 +1,5 @@
-"""Raw records from the files people already have: JSONL, JSON, CSV, Parquet and `datasets` folders.
+"""Raw records from the files people already have: JSONL, JSON, CSV, Parquet, `datasets` folders, and
+plain-text or Markdown documents (a file, or a folder of them) for continued pre-training.
 
 A source only yields dictionaries and where each came from; deciding what a record means (chat,
 preference, plain text) is `hone.data.formats`' job. Every problem is a `HoneError` worded
@@ -20,7 +21,16 @@ from typing import Any
 
 from hone.errors import HoneError, located
 
-SUPPORTED = (".jsonl", ".json", ".csv", ".parquet", "a folder saved by datasets' Dataset.save_to_disk")
+SUPPORTED = (
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".parquet",
+    ".txt and .md (one document each)",
+    "a folder of .txt/.md documents",
+    "a folder saved by datasets' Dataset.save_to_disk",
+)
+DOCUMENT_SUFFIXES = (".txt", ".md")
 BOM = b"\xef\xbb\xbf"
 # Long documents in one CSV cell are normal for continued pre-training; the csv default (128 KiB) is not.
 CSV_FIELD_LIMIT = 2**31 - 1
@@ -113,10 +123,17 @@ def _iter_source(path: Path) -> Iterator[RawRecord | str]:
     if not path.exists():
         raise HoneError(located(path, "file not found"))
     if path.is_dir():
-        readers = _datasets_folder(path)
+        readers = _documents(path) if _document_files(path) else _datasets_folder(path)
     else:
         suffix = path.suffix.lower()
-        reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}.get(suffix)
+        reader = {
+            ".jsonl": _jsonl,
+            ".json": _json,
+            ".csv": _csv,
+            ".parquet": _parquet,
+            ".txt": _documents,
+            ".md": _documents,
+        }.get(suffix)
         if reader is None:
             raise HoneError(
                 located(path, f"unsupported file type {suffix or '(no extension)'!r}; supported: ")
@@ -286,6 +303,23 @@ def _parquet(path: Path) -> Iterator[RawRecord | str]:
                 yield RawRecord(data=data, source=str(path), line=row)
     except (OSError, pa.ArrowException) as exc:
         raise HoneError(located(path, f"not a readable Parquet file: {exc}")) from None
+
+
+def _document_files(path: Path) -> list[Path]:
+    """Plain-text documents in a folder (not a saved dataset), in a stable order."""
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return []
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+
+
+def _documents(path: Path) -> Iterator[RawRecord | str]:
+    """Text or Markdown files, each one document ({"text": ...}) for continued pre-training."""
+    for file in _document_files(path) if path.is_dir() else [path]:
+        text = _decode(file, file.read_bytes())
+        if text.strip():
+            yield RawRecord(data={"text": text}, source=str(file), line=1)
+        else:
+            yield located(file, "empty document", 1)
 
 
 def _datasets_folder(path: Path) -> Iterator[RawRecord | str]:

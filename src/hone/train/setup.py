@@ -131,7 +131,10 @@ def load_base(model_path: Path, setup: Setup, quantized: bool, head: Head = "cau
 
 def build_model(config: HoneConfig, model_path: Path, setup: Setup, head: Head = "causal") -> Any:
     """The base with the configured adapter: a PEFT model for lora/qlora, the model itself for full."""
+    from transformers import set_seed
+
     adapter = config.train.adapter
+    set_seed(config.train.seed)  # adapter (and score head) initialisation is part of what the seed fixes
     model = load_base(model_path, setup, adapter.kind == "qlora", head)
     if head == "score" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id  # the classifier reads the last real token
@@ -208,7 +211,8 @@ def fit(trainer: Any, run: RunFolder, adapter_kind: str, resume: Path | None, tr
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
-    eval_loss = state.best_metric if trainer.args.load_best_model_at_end else None
+    best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward
+    eval_loss = state.best_metric if trainer.args.load_best_model_at_end and best_is_loss else None
     if eval_loss is None:
         eval_loss = last_logged(progress.history, "eval_loss", state.global_step)
     if eval_loss is None and trainer.eval_dataset is not None:

@@ -36,6 +36,11 @@ def to_dataset(
     truncated = sum(r.truncated for r in rows)
     if policy == "drop":
         rows = [r for r in rows if not r.truncated]
+    if rows and not any(r.loss_tokens for r in rows):
+        raise HoneError(
+            f"no example keeps any assistant tokens within model.max_length={max_length} ({policy}); "
+            "raise model.max_length or use model.truncation: keep_end"
+        )
     tokenized = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
     if packing:
         packed = pack(tokenized, max_length)

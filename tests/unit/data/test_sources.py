@@ -218,3 +218,23 @@ def test_mix_reports_every_problem(tmp_path: Path) -> None:
     assert "not_object.jsonl line 3: expected a JSON object, got string" in message
     with pytest.raises(HoneError, match="no data sources to mix"):
         mix_sources([], seed=0)
+
+
+def test_text_and_markdown_documents_are_one_record_each(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "a.md").write_text("# Title\n\nBody.\n", encoding="utf-8")
+    (folder / "nested" / "b.txt").write_text("Plain text.", encoding="utf-8")
+    (folder / "ignored.png").write_bytes(b"\x89PNG")
+    records, errors = read_all(folder)
+    assert not errors
+    assert [r.data for r in records] == [{"text": "# Title\n\nBody.\n"}, {"text": "Plain text."}]
+    assert records[1].source == str(folder / "nested" / "b.txt")
+    single, _ = read_all(folder / "a.md")
+    assert single[0].data == {"text": "# Title\n\nBody.\n"}
+
+
+def test_an_empty_document_is_reported_with_its_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    _, errors = read_all(tmp_path / "empty.txt")
+    assert errors and "empty.txt" in errors[0] and "empty document" in errors[0]

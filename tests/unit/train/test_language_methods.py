@@ -1,0 +1,137 @@
+"""SFT and continued pre-training, each as full, LoRA and QLoRA: a few real steps on the tiny model
+through `hone train`'s pipeline, and every trainable parameter must have moved (TRL's test pattern)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from hone.config import HoneConfig
+from hone.train import hardware
+from hone.train.pipeline import run_training
+from hone.train.setup import Setup, build_model
+
+KNOWLEDGE = Path(__file__).resolve().parents[3] / "examples" / "support-tickets" / "knowledge"
+
+
+def config_for(
+    tmp_path: Path, model: Path, method: str, adapter: str, train: Path, validation: Path
+) -> HoneConfig:
+    return HoneConfig.model_validate(
+        {
+            "model": {"reference": str(model), "max_length": 256},
+            "data": {"train": str(train), "validation": str(validation)},
+            "train": {
+                "method": method,
+                "adapter": {"kind": adapter, "r": 4, "alpha": 8} if adapter != "full" else "full",
+                "learning_rate": 1e-2,
+                "max_steps": 3,
+                "batch_size": 2,
+                "eval_every": 3,
+                "logging_steps": 1,
+            },
+            "run": {"name": f"{method}-{adapter}", "dir": str(tmp_path / "runs")},
+            "track": {"enabled": False},
+        }
+    )
+
+
+def initial_trainable(config: HoneConfig, model_path: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights before training, keyed as they are saved (the seed makes them reproducible)."""
+    setup = Setup(
+        {
+            "device": hardware.Choice("cpu", ""),
+            "precision": hardware.Choice("fp32", ""),
+            "gradient checkpointing": hardware.Choice(False, ""),
+            "learning rate": hardware.Choice(1e-2, ""),
+        }
+    )
+    model = build_model(config, model_path, setup)
+    if config.train.adapter.kind == "full":
+        return {name: value.clone() for name, value in model.state_dict().items()}
+    from peft import get_peft_model_state_dict
+
+    return {name: value.clone() for name, value in get_peft_model_state_dict(model).items()}
+
+
+def assert_all_trained(run_path: Path, before: dict[str, torch.Tensor], adapter: str) -> None:
+    file = "model/model.safetensors" if adapter == "full" else "adapter/adapter_model.safetensors"
+    after = load_file(run_path / file)
+    assert after, "weights were saved"
+    unchanged = [name for name, value in after.items() if torch.equal(value, before[name].to(value.dtype))]
+    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora", "qlora"])
+def test_sft_trains_every_parameter(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], adapter: str
+) -> None:
+    config = config_for(
+        tmp_path, tiny_model_dir, "sft", adapter, small_task["train"], small_task["validation"]
+    )
+    before = initial_trainable(config, tiny_model_dir)
+    run = run_training(config, Console(record=True, width=160))
+    manifest = run.manifest
+    assert manifest["status"] == "completed"
+    assert manifest["training"]["steps"] == 3
+    assert math.isfinite(manifest["training"]["train_loss"])
+    assert math.isfinite(manifest["training"]["eval_loss"])
+    assert_all_trained(run.path, before, adapter)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora", "qlora"])
+def test_pretrain_trains_every_parameter_on_documents(
+    tmp_path: Path, tiny_model_dir: Path, adapter: str
+) -> None:
+    pages = sorted(KNOWLEDGE.glob("*.md"))
+    validation = tmp_path / "held-out.md"
+    validation.write_text(pages[-1].read_text(encoding="utf-8"), encoding="utf-8")
+    config = config_for(tmp_path, tiny_model_dir, "pretrain", adapter, KNOWLEDGE, validation)
+    before = initial_trainable(config, tiny_model_dir)
+    run = run_training(config, Console(record=True, width=160))
+    manifest = run.manifest
+    assert manifest["status"] == "completed"
+    assert manifest["dataset"]["splits"]["train"]["examples"] == len(pages)
+    assert math.isfinite(manifest["training"]["train_loss"])
+    assert_all_trained(run.path, before, adapter)
+
+
+def test_pretrain_windows_cover_every_token(tokenizer) -> None:
+    from hone.train.pretrain import document_windows
+
+    text = " ".join(f"word{i}" for i in range(300))
+    windows = document_windows(tokenizer, text, 64)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert [token for window in windows for token in window] == ids
+    assert all(len(window) <= 64 for window in windows[:-1]) and len(windows) == math.ceil(len(ids) / 64)
+
+
+def test_method_refuses_the_wrong_kind_of_data(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    from hone.errors import HoneError
+
+    config = config_for(
+        tmp_path, tiny_model_dir, "pretrain", "lora", small_task["train"], small_task["validation"]
+    )
+    with pytest.raises(HoneError, match=r"train.jsonl line 1: method 'pretrain' trains on text examples"):
+        run_training(config, Console(record=True))
+    assert not (tmp_path / "runs").exists(), "nothing is written before the data is accepted"
+
+
+def test_history_records_loss_and_validation(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    config = config_for(
+        tmp_path, tiny_model_dir, "sft", "lora", small_task["train"], small_task["validation"]
+    )
+    run = run_training(config, Console(record=True))
+    history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history if "loss" in row] == [1, 2, 3]
+    assert any("eval_loss" in row for row in history)
