@@ -119,7 +119,18 @@ def test_resume_refuses_a_completed_run_and_changed_data(
 def off_task_validation(path: Path) -> Path:
     """Answers of random words: the more the model learns the task, the worse it predicts them."""
     rng = random.Random(0)
-    words = "zebra quantum lilac obelisk fjord marzipan quasar tundra xylophone gazebo".split()
+    words = [
+        "zebra",
+        "quantum",
+        "lilac",
+        "obelisk",
+        "fjord",
+        "marzipan",
+        "quasar",
+        "tundra",
+        "xylophone",
+        "gazebo",
+    ]
     rows = [
         {
             "messages": [

@@ -71,4 +71,6 @@ def train_pretrain(
         f"[bold]Documents[/] {len(train_examples)} -> {len(train_set)} rows of up to {width} tokens "
         f"({trained_tokens(train_set)} tokens with loss per epoch)"
     )
-    return fit_language_model(config, model_path, tokenizer, train_set, eval_set, run, console, setup, resume, 0)
+    return fit_language_model(
+        config, model_path, tokenizer, train_set, eval_set, run, console, setup, resume, 0
+    )

@@ -202,7 +202,9 @@ def callbacks(config: HoneConfig, console: Console, validating: bool, descriptio
     return found
 
 
-def fit(trainer: Any, run: RunFolder, adapter_kind: str, resume: Path | None, truncated: int = 0) -> TrainResult:
+def fit(
+    trainer: Any, run: RunFolder, adapter_kind: str, resume: Path | None, truncated: int = 0
+) -> TrainResult:
     """Train (from a checkpoint when resuming), then write the loss history and the final weights."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
