@@ -103,4 +103,15 @@ def test_every_shipped_config_validates(path: Path) -> None:
     assert first_line.startswith("# hone "), "a shipped config's header comment is the command that runs it"
     for split in (config.data.train, config.data.validation, config.data.test):
         if split is not None:
-            assert (REPO / split).is_file(), f"{path}: data file {split} does not exist"
+            assert (REPO / split).exists(), f"{path}: data {split} does not exist"
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/accelerate/*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_launch_hone_train(path: Path) -> None:
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(f"# accelerate launch --config_file configs/accelerate/{path.name} -m hone train")
+    settings = yaml.safe_load(text)
+    assert settings["distributed_type"] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
+    assert settings["mixed_precision"] == "no", "hone chooses the precision; accelerate must not override it"

@@ -22,7 +22,7 @@ from hone.io import atomic_write_json
 from hone.models.resolve import load_tokenizer, resolve_model
 from hone.runs import RunFolder
 from hone.train.checkpoints import latest_complete, remove_incomplete
-from hone.train.setup import TrainResult
+from hone.train.setup import TrainResult, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def train_method(
 
 def run_training(config: HoneConfig, console: Console) -> RunFolder:
     """A new run: its folder is created by the main process and shared with the others."""
-    from accelerate import PartialState
-
-    state = PartialState()  # joins the process group when launched by accelerate; a no-op otherwise
+    state = process_state()  # joins the process group when launched by accelerate; a no-op otherwise
     splits = load_training_splits(config)
     version = dataset_hash(splits)
     with state.main_process_first():  # one process converts the model; the others find it cached
@@ -85,15 +83,17 @@ def run_training(config: HoneConfig, console: Console) -> RunFolder:
     run = shared_run_folder(config, state)
     if state.is_main_process:
         console.print(f"[bold]Run folder[/] {run.path}")
-        run.update(base_model={"path": str(model_path)}, dataset=dataset_record(config, splits, version))
+        run.update(
+            base_model={"path": str(model_path)},
+            dataset=dataset_record(config, splits, version),
+            distributed={"processes": state.num_processes, "backend": state.backend},
+        )
     return execute(config, model_path, splits, run, console, resume=None)
 
 
 def resume_training(run_path: Path, console: Console) -> RunFolder:
     """Continue a run that stopped (killed, crashed, out of time) from its newest complete checkpoint."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     run = RunFolder.open(run_path)
     manifest = run.manifest
     if manifest.get("status") == "completed":
@@ -130,9 +130,7 @@ def execute(
     console: Console,
     resume: Path | None,
 ) -> RunFolder:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     tokenizer = load_tokenizer(model_path)
     try:
         result = train_method(config, model_path, tokenizer, splits, run, console, resume)
@@ -187,6 +185,7 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "trained_tokens": result.trained_tokens,
         "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
         "truncated_examples": result.truncated,
+        "distributed": result.distributed,
     }
 
 

@@ -37,6 +37,7 @@ class TrainResult:
     trained_tokens: int
     truncated: int
     best_step: int | None = None
+    distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
 
 
 @dataclass
@@ -66,6 +67,17 @@ class Setup:
         return float(self.choices["learning rate"].value)
 
 
+def process_state() -> Any:
+    """accelerate's view of this process: its rank among the processes `accelerate launch` started.
+
+    Made before the Trainer's own, so on CPU it must say `cpu=True` itself, or two launched processes
+    each believe they are alone instead of joining one gloo process group.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def choose(config: HoneConfig, console: Console) -> Setup:
     train = config.train
     device = hardware.device_choice()
@@ -77,9 +89,10 @@ def choose(config: HoneConfig, console: Console) -> Setup:
             "learning rate": hardware.learning_rate_choice(train),
         }
     )
-    console.print("[bold]Training choices[/]")
-    for name, choice in setup.choices.items():
-        console.print(f"  [cyan]{name}[/]: {choice.value}  [dim]({choice.reason})[/]")
+    if process_state().is_main_process:
+        console.print("[bold]Training choices[/]")
+        for name, choice in setup.choices.items():
+            console.print(f"  [cyan]{name}[/]: {choice.value}  [dim]({choice.reason})[/]")
     return setup
 
 
@@ -188,6 +201,7 @@ def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validati
         "data_seed": train.seed,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # every trainable weight is used in each step
         "use_cpu": setup.device == "cpu",
     }
 
@@ -232,6 +246,7 @@ def fit(
         trained_tokens=int(state.num_input_tokens_seen or 0),
         truncated=truncated,
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
+        distributed=str(trainer.accelerator.distributed_type.value),
     )
 
 
