@@ -22,7 +22,7 @@ from hone.io import atomic_write_json
 from hone.models.resolve import load_tokenizer, resolve_model
 from hone.runs import RunFolder
 from hone.train.checkpoints import latest_complete, remove_incomplete
-from hone.train.setup import TrainResult, process_state
+from hone.train.setup import TrainResult, check_loggers, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def train_method(
 def run_training(config: HoneConfig, console: Console) -> RunFolder:
     """A new run: its folder is created by the main process and shared with the others."""
     state = process_state()  # joins the process group when launched by accelerate; a no-op otherwise
+    check_loggers(config.train.report_to)
     splits = load_training_splits(config)
     version = dataset_hash(splits)
     with state.main_process_first():  # one process converts the model; the others find it cached

@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from hone.config import HoneConfig, LoraAdapter
+from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
 from hone.models.resolve import load_model
 from hone.runs import RunFolder
@@ -196,7 +197,7 @@ def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validati
         "load_best_model_at_end": keep_best or bool(train.early_stopping_patience and validating),
         "metric_for_best_model": "eval_loss" if validating else None,
         "greater_is_better": False if validating else None,
-        "report_to": train.report_to or "none",
+        "report_to": live_loggers(config, run),
         "seed": train.seed,
         "data_seed": train.seed,
         "disable_tqdm": True,
@@ -204,6 +205,32 @@ def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validati
         "ddp_find_unused_parameters": False,  # every trainable weight is used in each step
         "use_cpu": setup.device == "cpu",
     }
+
+
+def check_loggers(names: list[str]) -> None:
+    """Every `train.report_to` name is a transformers integration that is installed."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(INTEGRATION_TO_CALLBACK)
+            raise HoneError(f"train.report_to: unknown logger {name!r}; expected one of {known}")
+        if name not in get_available_reporting_integrations():
+            raise HoneError(f"train.report_to: {name} is not installed (pip install {name})")
+
+
+def live_loggers(config: HoneConfig, run: RunFolder) -> list[str] | str:
+    """`train.report_to` handed to transformers' integrations.
+
+    hone logs every finished run to MLflow itself (hone.track); these are extra loggers that watch the
+    run live. TensorBoard event files go into the run folder, next to everything else about the run.
+    """
+    names = config.train.report_to
+    check_loggers(names)
+    if "tensorboard" in names:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
+    return list(names) or "none"
 
 
 def callbacks(config: HoneConfig, console: Console, validating: bool, description: str) -> list[Any]:

@@ -42,6 +42,10 @@ def config_for(
     )
 
 
+def sft_lora(tmp_path: Path, model: Path, task: dict[str, Path]) -> HoneConfig:
+    return config_for(tmp_path, model, "sft", "lora", task["train"], task["validation"])
+
+
 def initial_trainable(config: HoneConfig, model_path: Path) -> dict[str, torch.Tensor]:
     """The trainable weights before training, keyed as they are saved (the seed makes them reproducible)."""
     setup = Setup(
@@ -135,3 +139,29 @@ def test_history_records_loss_and_validation(
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history if "loss" in row] == [1, 2, 3]
     assert any("eval_loss" in row for row in history)
+
+
+def test_report_to_tensorboard_writes_events_into_the_run_folder(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    config = config_for(
+        tmp_path, tiny_model_dir, "sft", "lora", small_task["train"], small_task["validation"]
+    )
+    config.train.report_to = ["tensorboard"]
+    run = run_training(config, Console(record=True))
+    events = list((run.path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_report_to_an_unknown_logger_fails_before_training(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    from hone.errors import HoneError
+
+    config = config_for(
+        tmp_path, tiny_model_dir, "sft", "lora", small_task["train"], small_task["validation"]
+    )
+    config.train.report_to = ["carrier-pigeon"]
+    with pytest.raises(HoneError, match=r"train\.report_to: unknown logger 'carrier-pigeon'"):
+        run_training(config, Console(record=True))
+    assert not (tmp_path / "runs").exists()
