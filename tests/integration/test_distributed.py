@@ -75,6 +75,15 @@ def test_two_cpu_processes_train_one_run_over_gloo(tmp_path: Path, config_file: 
     assert [round(row["epoch"], 4) for row in history if "loss" in row] == [0.1667, 0.3333, 0.5, 0.6667]
 
 
+def test_sharding_without_gpus_says_it_needs_them(tmp_path: Path, config_file: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("GPUs present: FSDP runs")
+    result = launch("fsdp.yaml", config_file, 2)
+    assert result.returncode != 0
+    assert "asks for FSDP, which needs CUDA GPUs" in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("accelerate_config", ["ddp.yaml", "fsdp.yaml"])
 def test_gpus_train_one_run(tmp_path: Path, config_file: Path, accelerate_config: str) -> None:

@@ -76,7 +76,14 @@ def process_state() -> Any:
     """
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available()
+    for engine in ("FSDP", "DEEPSPEED"):
+        if cpu and os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true":
+            raise HoneError(
+                f"the accelerate config asks for {engine}, which needs CUDA GPUs and none is available; "
+                "on CPU launch with configs/accelerate/ddp.yaml (data parallel over gloo)"
+            )
+    return PartialState(cpu=cpu)
 
 
 def choose(config: HoneConfig, console: Console) -> Setup:
