@@ -61,6 +61,7 @@ class RichProgress(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         self.eval_seconds += float(logs.get("eval_runtime", 0.0))
         elapsed = time.perf_counter() - self.started - self.eval_seconds
+        record["train_seconds"] = round(elapsed, 3)  # since this process began training, validation excluded
         tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - self.tokens_at_start
         if tokens and elapsed > 0:
             record["tokens_per_second"] = round(tokens / elapsed, 1)
