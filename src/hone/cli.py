@@ -211,6 +211,42 @@ def quickstart(config: ConfigOption = Path("configs/quickstart.yaml"), overrides
     run_quickstart(load_config(config, overrides), console)
 
 
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="A completed run folder (runs/<name>).")],
+    merge: Annotated[bool, typer.Option("--merge", help="Merged safetensors model.")] = False,
+    gguf: Annotated[
+        bool, typer.Option("--gguf", help="GGUF for llama.cpp/Ollama, with a Modelfile.")
+    ] = False,
+    quant: Annotated[str, typer.Option(help="GGUF type: f32, f16, bf16, q8_0, q4_k_m, ...")] = "q8_0",
+    dequantize: Annotated[
+        bool, typer.Option("--dequantize", help="QLoRA: merge into the dequantized 4-bit base.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Export folder; default <run>/export.")] = None,
+    parity: Annotated[bool, typer.Option(" /--no-parity", help="Skip the GGUF parity check.")] = True,
+) -> None:
+    """Merge the adapter into its base and/or write a GGUF; the GGUF is checked against the merged model."""
+    from hone.train.export import merge as merge_run
+    from hone.train.export import parity_check, parity_table, to_gguf
+
+    if not (merge or gguf):
+        raise HoneError("hone export: choose what to write: --merge, --gguf, or both")
+    root = out or run / "export"
+    if not gguf:
+        console.print(f"[green]merged model[/] {merge_run(run, root / 'merged', dequantize)}")
+        return
+    exported = to_gguf(run, quant, root / f"gguf-{quant}", dequantize, merged_out=root / "merged")
+    console.print(f"[green]merged model[/] {exported.merged}\n[green]GGUF[/] {exported.model}")
+    console.print(f"[green]LoRA GGUF[/] {exported.lora or f'[dim]none: {exported.lora_skipped}[/]'}")
+    console.print(f"[green]Ollama[/] ollama create {exported.run.name} -f {exported.modelfile}")
+    if parity:
+        result = parity_check(exported)
+        console.print(parity_table(result))
+        if not result.ok:
+            errors.print(f"[red]a {quant} GGUF should give the merged model's greedy outputs; it does not[/]")
+            raise typer.Exit(1)
+
+
 def human_size(size: int | None) -> str:
     if size is None:
         return "-"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,20 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """An empty sibling folder that replaces `target` whole when the block succeeds, else is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    staging.chmod(0o755)
+    try:
+        yield staging
+        retired = target.parent / f".old-{target.name}-{os.getpid()}"
+        if target.exists():
+            os.replace(target, retired)  # a folder cannot be renamed over a non-empty one
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

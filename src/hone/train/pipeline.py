@@ -187,6 +187,7 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
         "truncated_examples": result.truncated,
         "distributed": result.distributed,
+        "precision": result.precision,
     }
 
 

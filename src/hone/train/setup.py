@@ -39,6 +39,7 @@ class TrainResult:
     truncated: int
     best_step: int | None = None
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    precision: str = "fp32"  # what training computed in; export dequantizes a 4-bit base to it
 
 
 @dataclass
@@ -281,6 +282,7 @@ def fit(
         truncated=truncated,
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
         distributed=str(trainer.accelerator.distributed_type.value),
+        precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
     )
 
 
