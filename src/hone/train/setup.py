@@ -88,7 +88,11 @@ def process_state() -> Any:
 
 
 def choose(config: HoneConfig, console: Console) -> Setup:
+    """Make the hardware choices (printed with reasons) and seed everything that comes after."""
+    from transformers import set_seed
+
     train = config.train
+    set_seed(train.seed)  # adapter and head initialisation, also where TRL builds the adapter itself
     device = hardware.device_choice()
     setup = Setup(
         {
