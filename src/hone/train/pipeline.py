@@ -149,9 +149,10 @@ def execute(
         from hone.quickstart import track
 
         track(run, config, console)
+    best = "".join(f", best {name} {value:.4f}" for name, value in (result.best_metric or {}).items())
     console.print(
         f"[bold green]Done[/]: {result.steps} steps, train loss {fmt(result.train_loss)}, "
-        f"validation loss {fmt(result.eval_loss)}. Run folder: {run.path}"
+        f"validation loss {fmt(result.eval_loss)}{best}. Run folder: {run.path}"
     )
     return run
 
@@ -182,6 +183,7 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "train_loss": result.train_loss,
         "eval_loss": result.eval_loss,
         "best_step": result.best_step,
+        "best_metric": result.best_metric,
         "seconds": round(result.seconds, 1),
         "trained_tokens": result.trained_tokens,
         "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,

@@ -40,6 +40,7 @@ class TrainResult:
     best_step: int | None = None
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     precision: str = "fp32"  # what training computed in; export dequantizes a 4-bit base to it
+    best_metric: dict[str, float] | None = None  # {name: value} that chose the kept checkpoint
 
 
 @dataclass
@@ -287,6 +288,9 @@ def fit(
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
         distributed=str(trainer.accelerator.distributed_type.value),
         precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+        best_metric={str(trainer.args.metric_for_best_model): float(state.best_metric)}
+        if trainer.args.load_best_model_at_end and state.best_metric is not None
+        else None,
     )
 
 

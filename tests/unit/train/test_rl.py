@@ -198,7 +198,10 @@ def test_validation_is_judged_by_reward_with_the_shipped_task_and_reward(
     assert [row["step"] for row in records if "eval_reward" in row] == [1, 2]
     rewards = [row["rewards/score/mean"] for row in records if "loss" in row]
     assert all(0.0 <= reward < 0.1 for reward in rewards), "random text is never a JSON object"
-    assert run.manifest["training"]["best_step"] in (1, 2), "keep_best chose a step by eval_reward"
+    training = run.manifest["training"]
+    assert training["best_step"] in (1, 2), "keep_best chose a step by eval_reward"
+    best = max(row["eval_reward"] for row in records if "eval_reward" in row)
+    assert training["best_metric"] == {"eval_reward": pytest.approx(best)}
 
 
 def test_rl_raises_the_mean_reward_of_a_toy_reward(
