@@ -93,6 +93,15 @@ class DpoSettings(Strict):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="DPO loss: sigmoid (the paper's), ipo, hinge or robust (noisy labels)."
     )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed share of flipped labels; robust needs it above 0."
+    )
+
+    @model_validator(mode="after")
+    def _robust_needs_noise(self) -> DpoSettings:
+        if self.loss_type == "robust" and self.label_smoothing == 0:
+            raise ValueError("loss_type robust needs label_smoothing > 0 (the share of flipped pairs)")
+        return self
 
 
 class RlSettings(Strict):

@@ -115,3 +115,11 @@ def test_accelerate_configs_launch_hone_train(path: Path) -> None:
     settings = yaml.safe_load(text)
     assert settings["distributed_type"] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
     assert settings["mixed_precision"] == "no", "hone chooses the precision; accelerate must not override it"
+
+
+def test_robust_dpo_needs_label_smoothing(tmp_path: Path) -> None:
+    text = "data: {train: t.jsonl}\ntrain: {method: dpo, dpo: {loss_type: robust}}\n"
+    with pytest.raises(HoneError, match=r"train\.dpo: Value error, loss_type robust needs label_smoothing"):
+        load_config(write(tmp_path, text))
+    text = text.replace("robust}", "robust, label_smoothing: 0.1}")
+    assert load_config(write(tmp_path, text)).train.dpo.label_smoothing == 0.1

@@ -1,0 +1,204 @@
+"""Reward models as full, LoRA and QLoRA: a few real steps on the tiny model through `hone train`'s
+pipeline, every trainable parameter (the score head included) moves and is saved, the finished run loads
+back as a scorer, and after training it ranks the chosen reply over the rejected one on held-out pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rich.console import Console
+from transformers import TrainerCallback
+
+from hone.config import HoneConfig
+from hone.errors import HoneError
+from hone.models.resolve import load_tokenizer
+from hone.train import hardware, reward
+from hone.train.pipeline import run_training
+from hone.train.reward import load_reward_model, score_texts
+from hone.train.setup import Setup, build_model
+
+HELPFUL = (
+    "Yes, I am happy to help with that order.",
+    "Sure, I have fixed it for you.",
+    "Of course, the refund is on its way.",
+    "Done: your order ships today.",
+)
+UNHELPFUL = ("No. Figure it out yourself.", "Not my problem.", "Ask someone else.", "Whatever.")
+
+
+class TrainableSnapshot(TrainerCallback):
+    """The trainable parameters as training starts and as it ends (after any best-checkpoint reload)."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def trainable(model: Any) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.before = self.trainable(model)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.after = self.trainable(model)
+
+
+@pytest.fixture
+def snapshot(monkeypatch: pytest.MonkeyPatch) -> TrainableSnapshot:
+    spy = TrainableSnapshot()
+    shared = reward.callbacks
+    monkeypatch.setattr(reward, "callbacks", lambda *args: [*shared(*args), spy])
+    return spy
+
+
+def toy_pairs(count: int, first: int = 0) -> list[dict[str, Any]]:
+    """Every prompt asks about another order; the chosen reply is one of a few helpful ones, the rejected
+    one of a few unhelpful ones, drawn at random so no single reply decides the ranking."""
+    rng = random.Random(first)
+    return [
+        {
+            "prompt": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Question {first + i}: can you help me with order {i * 7}?"},
+            ],
+            "chosen": [{"role": "assistant", "content": rng.choice(HELPFUL)}],
+            "rejected": [{"role": "assistant", "content": rng.choice(UNHELPFUL)}],
+        }
+        for i in range(count)
+    ]
+
+
+def write_pairs(tmp_path: Path, train: int, validation: int) -> tuple[Path, Path]:
+    paths = []
+    for split, count, first in (("train", train, 0), ("validation", validation, 1000)):
+        paths.append(tmp_path / f"{split}.jsonl")
+        rows = toy_pairs(count, first)
+        paths[-1].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return paths[0], paths[1]
+
+
+def config_for(
+    tmp_path: Path, model: Path, adapter: str, train: int = 4, validation: int = 2, **settings: Any
+) -> HoneConfig:
+    train_path, validation_path = write_pairs(tmp_path, train, validation)
+    return HoneConfig.model_validate(
+        {
+            "model": {"reference": str(model), "max_length": 128},
+            "data": {"train": str(train_path), "validation": str(validation_path)},
+            "train": {
+                "method": "reward",
+                "adapter": {"kind": adapter, "r": 4, "alpha": 8} if adapter != "full" else "full",
+                "learning_rate": 1e-2 if adapter != "full" else 1e-3,
+                "max_steps": 2,  # LoRA A only moves once B is no longer zero, from the second step
+                "batch_size": 2,
+                "eval_every": 2,
+                "warmup_ratio": 0.0,
+                "logging_steps": 1,
+                **settings,
+            },
+            "run": {"name": f"reward-{adapter}", "dir": str(tmp_path / "runs")},
+            "track": {"enabled": False},
+        }
+    )
+
+
+def saved_trainable(weights: Path, adapter: str, base: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The trainable parameters as saved, loaded back under the names they had in training."""
+    from transformers import AutoModelForSequenceClassification
+
+    if adapter == "full":
+        loaded = AutoModelForSequenceClassification.from_pretrained(weights)
+    else:
+        from peft import PeftModel
+
+        classifier = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        loaded = PeftModel.from_pretrained(classifier, weights)
+    parameters = dict(loaded.named_parameters())
+    return {name: parameters[name] for name in names}
+
+
+def conversations(pair: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    return pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"]
+
+
+def ranked_first(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> float:
+    """The share of pairs whose chosen conversation scores higher than the rejected one."""
+    chosen, rejected = zip(*(conversations(pair) for pair in pairs), strict=True)
+    scores = score_texts(model, tokenizer, [*chosen, *rejected])
+    return sum(a > b for a, b in zip(scores[: len(pairs)], scores[len(pairs) :], strict=True)) / len(pairs)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora", "qlora"])
+def test_reward_trains_every_parameter(
+    tmp_path: Path, tiny_model_dir: Path, adapter: str, snapshot: TrainableSnapshot
+) -> None:
+    run = run_training(config_for(tmp_path, tiny_model_dir, adapter), Console(record=True))
+
+    manifest = run.manifest
+    assert manifest["status"] == "completed"
+    assert manifest["artifacts"]["weights"] == ("model" if adapter == "full" else "adapter")
+    training = manifest["training"]
+    assert training["steps"] == 2
+    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
+    records = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in records if "loss" in row] == [1, 2]
+    assert all(math.isfinite(row["loss"]) for row in records if "loss" in row)
+    assert any("eval_accuracy" in row for row in records), "pairwise accuracy on validation is logged"
+
+    assert any("score" in name for name in snapshot.before), "the score head is trained"
+    unchanged = [name for name, value in snapshot.before.items() if torch.equal(value, snapshot.after[name])]
+    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
+    weights = run.path / manifest["artifacts"]["weights"]
+    saved = saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after))
+    differ = [
+        name for name, value in saved.items() if not torch.equal(value.float(), snapshot.after[name].float())
+    ]
+    assert not differ, f"saved weights that are not the trained ones: {differ[:5]}"
+
+    model, tokenizer = load_reward_model(run.path)
+    scores = score_texts(model, tokenizer, [*conversations(toy_pairs(1, first=77)[0])])
+    assert len(scores) == 2 and all(math.isfinite(score) for score in scores)
+
+
+def test_a_reward_model_ranks_chosen_over_rejected_after_training(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = config_for(tmp_path, tiny_model_dir, "lora", train=16, validation=4, max_steps=8, eval_every=8)
+    held_out = toy_pairs(16, first=5000)
+    cpu = {"device": "cpu", "precision": "fp32", "gradient checkpointing": False, "learning rate": 1e-2}
+    untrained = build_model(
+        config, tiny_model_dir, Setup({k: hardware.Choice(v, "") for k, v in cpu.items()}), "score"
+    )
+    before = ranked_first(untrained.eval(), load_tokenizer(tiny_model_dir), held_out)
+
+    run = run_training(config, Console(record=True))
+    model, tokenizer = load_reward_model(run.path)
+    after = ranked_first(model, tokenizer, held_out)
+    assert after >= 0.9 and after > before, f"held-out pairs ranked chosen first: {before:.2f} -> {after:.2f}"
+
+
+def test_scores_do_not_depend_on_the_batch(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Right padding must not move where the score is read: a conversation scores the same alone or in a
+    batch with longer ones."""
+    run = run_training(config_for(tmp_path, tiny_model_dir, "lora"), Console(record=True))
+    model, tokenizer = load_reward_model(run.path)
+    texts = [conversation for pair in toy_pairs(4, first=300) for conversation in conversations(pair)]
+    together = score_texts(model, tokenizer, texts, batch_size=8)
+    alone = [score_texts(model, tokenizer, [text])[0] for text in texts]
+    assert together == pytest.approx(alone, abs=1e-4)
+
+
+def test_load_reward_model_refuses_another_method(tmp_path: Path) -> None:
+    folder = tmp_path / "sft-run"
+    folder.mkdir()
+    manifest = {"method": "sft", "status": "completed", "artifacts": {"weights": "adapter"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(HoneError, match="not a completed reward-model run"):
+        load_reward_model(folder)
