@@ -8,6 +8,9 @@ never through the training code's internals. Layout:
       config.yaml       the resolved config, every default spelled out
       adapter/          PEFT adapter weights (LoRA/QLoRA) or model/ for full fine-tuning
       history.jsonl     training and validation loss per logged step
+      checkpoints/      checkpoint-<step>/ for --resume; only those holding hone-complete.json are used
+      tensorboard/      live TensorBoard events, when train.report_to asks for them
+      export/           merged/ and gguf-<quant>/ written by `hone export`, each with export.json
       metrics.json      evaluation results
       eval/<label>.jsonl  per-example predictions of each evaluated model
 

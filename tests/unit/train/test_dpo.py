@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from rich.console import Console
-from transformers import TrainerCallback
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
@@ -20,30 +21,9 @@ from hone.train import dpo
 from hone.train.pipeline import run_training
 
 
-class TrainableSnapshot(TrainerCallback):
-    """The trainable parameters as training starts and as it ends (after any best-checkpoint reload)."""
-
-    def __init__(self) -> None:
-        self.before: dict[str, torch.Tensor] = {}
-        self.after: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def trainable(model: Any) -> dict[str, torch.Tensor]:
-        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.before = self.trainable(model)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.after = self.trainable(model)
-
-
 @pytest.fixture
-def snapshot(monkeypatch: pytest.MonkeyPatch) -> TrainableSnapshot:
-    spy = TrainableSnapshot()
-    shared = dpo.callbacks
-    monkeypatch.setattr(dpo, "callbacks", lambda *args: [*shared(*args), spy])
-    return spy
+def snapshot(spy_on: Callable[[ModuleType], Any]) -> Any:
+    return spy_on(dpo)
 
 
 def toy_pairs(count: int, first: int = 0) -> list[dict[str, Any]]:
@@ -116,7 +96,7 @@ def saved_trainable(weights: Path, adapter: str, base: Path, names: list[str]) -
 
 @pytest.mark.parametrize("adapter", ["full", "lora", "qlora"])
 def test_dpo_trains_every_parameter(
-    tmp_path: Path, tiny_model_dir: Path, adapter: str, snapshot: TrainableSnapshot
+    tmp_path: Path, tiny_model_dir: Path, adapter: str, snapshot: Any
 ) -> None:
     run = run_training(config_for(tmp_path, tiny_model_dir, adapter), Console(record=True))
 

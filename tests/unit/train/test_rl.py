@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
-import torch
 from rich.console import Console
-from transformers import TrainerCallback
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
@@ -43,34 +43,9 @@ def aligned(prompts, completions, reference, completion_ids, **kwargs):
 """
 
 
-class TrainableSnapshot(TrainerCallback):
-    """The trainable parameters as training starts and as it ends (after any best-checkpoint reload)."""
-
-    def __init__(self) -> None:
-        self.before: dict[str, torch.Tensor] = {}
-        self.after: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def trainable(model: Any) -> dict[str, torch.Tensor]:
-        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.before = self.trainable(model)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.after = self.trainable(model)
-
-    def unchanged(self) -> list[str]:
-        assert self.before, "no trainable parameters"
-        return [name for name, tensor in self.before.items() if torch.equal(tensor, self.after[name])]
-
-
 @pytest.fixture
-def snapshot(monkeypatch: pytest.MonkeyPatch) -> TrainableSnapshot:
-    spy = TrainableSnapshot()
-    shared = rl.callbacks
-    monkeypatch.setattr(rl, "callbacks", lambda *args: [*shared(*args), spy])
-    return spy
+def snapshot(spy_on: Callable[[ModuleType], Any]) -> Any:
+    return spy_on(rl)
 
 
 @pytest.fixture
