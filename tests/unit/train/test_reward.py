@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from rich.console import Console
+from toy_preferences import preference_config
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
@@ -55,38 +56,8 @@ def toy_pairs(count: int, first: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def write_pairs(tmp_path: Path, train: int, validation: int) -> tuple[Path, Path]:
-    paths = []
-    for split, count, first in (("train", train, 0), ("validation", validation, 1000)):
-        paths.append(tmp_path / f"{split}.jsonl")
-        rows = toy_pairs(count, first)
-        paths[-1].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return paths[0], paths[1]
-
-
-def config_for(
-    tmp_path: Path, model: Path, adapter: str, train: int = 4, validation: int = 2, **settings: Any
-) -> HoneConfig:
-    train_path, validation_path = write_pairs(tmp_path, train, validation)
-    return HoneConfig.model_validate(
-        {
-            "model": {"reference": str(model), "max_length": 128},
-            "data": {"train": str(train_path), "validation": str(validation_path)},
-            "train": {
-                "method": "reward",
-                "adapter": {"kind": adapter, "r": 4, "alpha": 8} if adapter != "full" else "full",
-                "learning_rate": 1e-2 if adapter != "full" else 1e-3,
-                "max_steps": 2,  # LoRA A only moves once B is no longer zero, from the second step
-                "batch_size": 2,
-                "eval_every": 2,
-                "warmup_ratio": 0.0,
-                "logging_steps": 1,
-                **settings,
-            },
-            "run": {"name": f"reward-{adapter}", "dir": str(tmp_path / "runs")},
-            "track": {"enabled": False},
-        }
-    )
+def config_for(tmp_path: Path, model: Path, adapter: str, **settings: Any) -> HoneConfig:
+    return preference_config(tmp_path, model, "reward", adapter, toy_pairs, **settings)
 
 
 def saved_trainable(weights: Path, adapter: str, base: Path, names: list[str]) -> dict[str, torch.Tensor]:
