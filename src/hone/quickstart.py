@@ -6,7 +6,6 @@ and written to `metrics.json`.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,9 @@ from hone.evaluate.task import Evaluation, evaluate_model, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.runs import RunFolder
+from hone.track import track_completed
 from hone.train.pipeline import training_summary
 from hone.train.sft import train_sft
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,7 +110,7 @@ def run_quickstart(config: HoneConfig, console: Console) -> RunFolder:
     run.update(metrics=headline(after.scores), artifacts={"metrics": "metrics.json"})
     run.finish("completed")
     if config.track.enabled:
-        track(run, config, console)
+        track_completed(run, config, console)
     console.print(comparison_table(before, after))
     console.print(f"[bold green]Done[/] in {summary['wall_seconds'] / 60:.1f} min. Run folder: {run.path}")
     return run
@@ -156,21 +154,6 @@ def train_and_compare(
         "training": training_summary(result),
     }
     return before, after, summary
-
-
-def track(run: RunFolder, config: HoneConfig, console: Console) -> None:
-    """Copy the finished run into MLflow; a tracking failure is reported, never fatal to the run."""
-    from hone.track import log_run
-
-    try:
-        run_id = log_run(run.path, config.track.uri, config.track.experiment)
-    except Exception as exc:  # the run folder is complete either way
-        logger.warning("MLflow tracking failed: %s", exc)
-        console.print(
-            f"[yellow]MLflow tracking failed ({type(exc).__name__}: {exc}); the run folder is complete[/]"
-        )
-        return
-    console.print(f"[bold]Tracked[/] in MLflow experiment {config.track.experiment!r}, run {run_id}")
 
 
 def save_predictions(run: RunFolder, evaluation: Evaluation) -> None:

@@ -13,6 +13,7 @@ that need it because importing it takes seconds, which every other hone command 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -27,6 +28,11 @@ from hone.runs import RunFolder
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    from hone.config import HoneConfig
+
+logger = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "HONE_TRACKING_URI"
 PARAM_VALUE_LIMIT = 500  # the smallest limit any MLflow server enforces (newer ones allow 6000)
@@ -233,3 +239,16 @@ def log_run(run_path: Path, tracking_uri: str | None = None, experiment: str = "
         client.set_terminated(run_id, status=MLFLOW_STATUS[manifest["status"]])
     run.update(tracking={"uri": uri, "experiment": experiment, "run_id": run_id})
     return run_id
+
+
+def track_completed(run: RunFolder, config: HoneConfig, console: Console) -> None:
+    """Copy the finished run into MLflow; a tracking failure is reported, never fatal to the run."""
+    try:
+        run_id = log_run(run.path, config.track.uri, config.track.experiment)
+    except Exception as exc:  # the run folder is complete either way
+        logger.warning("MLflow tracking failed: %s", exc)
+        console.print(
+            f"[yellow]MLflow tracking failed ({type(exc).__name__}: {exc}); the run folder is complete[/]"
+        )
+        return
+    console.print(f"[bold]Tracked[/] in MLflow experiment {config.track.experiment!r}, run {run_id}")

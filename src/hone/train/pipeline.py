@@ -21,6 +21,7 @@ from hone.errors import HoneError
 from hone.io import atomic_write_json
 from hone.models.resolve import load_tokenizer, resolve_model
 from hone.runs import RunFolder
+from hone.track import track_completed
 from hone.train.checkpoints import latest_complete, remove_incomplete
 from hone.train.setup import TrainResult, check_loggers, process_state
 
@@ -146,9 +147,7 @@ def execute(
     run.update(training=summary, artifacts={"metrics": "metrics.json"})
     run.finish("completed")
     if config.track.enabled:
-        from hone.quickstart import track
-
-        track(run, config, console)
+        track_completed(run, config, console)
     best = "".join(f", best {name} {value:.4f}" for name, value in (result.best_metric or {}).items())
     console.print(
         f"[bold green]Done[/]: {result.steps} steps, train loss {fmt(result.train_loss)}, "
