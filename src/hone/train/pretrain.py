@@ -15,11 +15,10 @@ from rich.console import Console
 
 from hone.config import HoneConfig
 from hone.data.formats import Example
-from hone.data.packing import pack
 from hone.data.tokenize import IGNORE_INDEX
 from hone.runs import RunFolder
 from hone.train.setup import TrainResult, choose
-from hone.train.sft import fit_language_model
+from hone.train.sft import fit_language_model, rows_dataset
 
 
 def document_windows(tokenizer: Any, text: str, width: int) -> list[list[int]]:
@@ -34,19 +33,12 @@ def document_windows(tokenizer: Any, text: str, width: int) -> list[list[int]]:
 
 def to_dataset(tokenizer: Any, examples: list[Example], width: int, packing: bool) -> Any:
     """Rows of input_ids with labels equal to them (plus position_ids when packed)."""
-    from datasets import Dataset
-
     rows = [
         {"input_ids": window, "labels": list(window)}
         for example in examples
         for window in document_windows(tokenizer, example.text or "", width)
     ]
-    if not packing:
-        return Dataset.from_dict({name: [row[name] for row in rows] for name in ("input_ids", "labels")})
-    packed = pack(rows, width)
-    return Dataset.from_dict(
-        {name: [getattr(row, name) for row in packed] for name in ("input_ids", "labels", "position_ids")}
-    )
+    return rows_dataset(rows, width, packing)
 
 
 def trained_tokens(dataset: Any) -> int:

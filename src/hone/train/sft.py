@@ -30,8 +30,6 @@ def to_dataset(
     """A `datasets.Dataset` with input_ids and labels (and position_ids when packed), and how many
     examples were too long. Under the `drop` policy too-long examples are left out; otherwise they were
     cut by the policy."""
-    from datasets import Dataset
-
     rows = [tokenize_chat(tokenizer, e.messages, template, max_length, policy) for e in examples]
     truncated = sum(r.truncated for r in rows)
     if policy == "drop":
@@ -42,14 +40,19 @@ def to_dataset(
             "raise model.max_length or use model.truncation: keep_end"
         )
     tokenized = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
-    if packing:
-        packed = pack(tokenized, max_length)
-        columns = {
-            name: [getattr(row, name) for row in packed] for name in ("input_ids", "labels", "position_ids")
-        }
-    else:
-        columns = {name: [row[name] for row in tokenized] for name in ("input_ids", "labels")}
-    return Dataset.from_dict(columns), truncated
+    return rows_dataset(tokenized, max_length, packing), truncated
+
+
+def rows_dataset(rows: list[dict[str, list[int]]], width: int, packing: bool) -> Any:
+    """Rows of input_ids and labels as a `datasets.Dataset`, packed into rows of `width` if asked."""
+    from datasets import Dataset
+
+    if not packing:
+        return Dataset.from_dict({name: [row[name] for row in rows] for name in ("input_ids", "labels")})
+    packed = pack(rows, width)
+    return Dataset.from_dict(
+        {name: [getattr(row, name) for row in packed] for name in ("input_ids", "labels", "position_ids")}
+    )
 
 
 class PackedCollator:
