@@ -18,6 +18,7 @@ from rich.text import Text
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
+from hone.estimate import API_INPUT_PRICE, API_OUTPUT_PRICE, COMPLETION_TOKENS, METHODS, PROMPT_TOKENS
 
 console = Console()
 errors = Console(stderr=True)
@@ -202,9 +203,35 @@ def train(
         run_training(load_config(config, overrides), console)
 
 
+@app.command("evaluate")
+def evaluate(
+    config: ConfigOption,
+    overrides: Overrides = None,
+    candidate: Annotated[
+        list[Path] | None,
+        typer.Option("--candidate", help="A completed run folder to add as a rung (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print ladder.json to stdout (progress to stderr).")
+    ] = False,
+) -> None:
+    """The decision ladder: zero-shot, few-shot, RAG and fine-tuned runs on one test split, and a verdict."""
+    from hone.config import load_config
+    from hone.evaluate.ladder import run_evaluation
+    from hone.evaluate.summary import show_ladder
+
+    shown = errors if as_json else console
+    run, ladder = run_evaluation(load_config(config, overrides), list(candidate or []), shown)
+    if as_json:
+        print(json.dumps(ladder, indent=2))
+        return
+    show_ladder(ladder, console)
+    console.print(f"Report: {run.path / 'report.html'}")
+
+
 @app.command("quickstart")
 def quickstart(config: ConfigOption = Path("configs/quickstart.yaml"), overrides: Overrides = None) -> None:
-    """The main job end to end on the example task: check data, evaluate, LoRA SFT, evaluate, compare."""
+    """The main job end to end on the example task: check data, LoRA SFT, then the decision ladder."""
     from hone.config import load_config
     from hone.quickstart import run_quickstart
 
@@ -245,6 +272,56 @@ def export(
         if not result.ok:
             errors.print(f"[red]a {quant} GGUF should give the merged model's greedy outputs; it does not[/]")
             raise typer.Exit(1)
+
+
+@app.command("estimate")
+def estimate(
+    model: Annotated[str, typer.Option(help="Parameter count (135M, 1.5B, 7e9) or model reference.")] = (
+        "smollm2-135m-instruct"
+    ),
+    method: Annotated[list[str] | None, typer.Option(help="full, lora or qlora; default all three.")] = None,
+    tokens: Annotated[str | None, typer.Option(help="Tokens per epoch, e.g. 2M; default 1M.")] = None,
+    data: Annotated[Path | None, typer.Option(help="JSONL file whose tokens are counted instead.")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the tokens.")] = 1.0,
+    hardware: Annotated[
+        str, typer.Option(help="cpu (measured here) or h100, a100-80gb, l4, t4, ...")
+    ] = "cpu",
+    mfu: Annotated[float | None, typer.Option(help="Share of peak FLOP/s; cpu 0.5, GPU 0.35.")] = None,
+    price_per_hour: Annotated[float | None, typer.Option(help="Machine price, USD/hour.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence; 512 or the data's mean.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per optimizer step.")] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (all-linear).")] = 16,
+    api_input_price: Annotated[float, typer.Option(help="API USD per 1M input tokens.")] = API_INPUT_PRICE,
+    api_output_price: Annotated[float, typer.Option(help="API USD per 1M output tokens.")] = API_OUTPUT_PRICE,
+    prompt_tokens: Annotated[int, typer.Option(help="Input tokens per request.")] = PROMPT_TOKENS,
+    completion_tokens: Annotated[int, typer.Option(help="Output tokens per request.")] = COMPLETION_TOKENS,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable estimate on stdout.")] = False,
+) -> None:
+    """Time, memory and money of fine-tuning before it starts; when self-hosting beats an API."""
+    from hone.estimate_report import EstimateOptions, print_estimate, run_estimate
+
+    options = EstimateOptions(
+        model=model,
+        methods=tuple(method or METHODS),
+        tokens=tokens,
+        data=data,
+        epochs=epochs,
+        hardware=hardware,
+        mfu=mfu,
+        price_per_hour=price_per_hour,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lora_r=lora_r,
+        api_input_price=api_input_price,
+        api_output_price=api_output_price,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+    report = run_estimate(options)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_estimate(report, console)
 
 
 def human_size(size: int | None) -> str:

@@ -201,6 +201,63 @@ class TrainConfig(Strict):
         return 2e-5 if self.adapter.kind == "full" else 2e-4
 
 
+class FewShotSettings(Strict):
+    k: int = Field(3, ge=1, description="Worked examples from the train split put before each test prompt.")
+    selection: Literal["nearest", "random"] = Field(
+        "nearest", description="nearest: most similar by embedding to the test prompt; random: seeded sample."
+    )
+
+
+class RagSettings(Strict):
+    knowledge: Path | None = Field(
+        None, description="Knowledge base: a folder of .md/.txt files, or one file; None skips the RAG rung."
+    )
+    top_k: int = Field(3, ge=1, description="Chunks retrieved into each prompt.")
+    chunk_words: int = Field(120, ge=10, description="Largest chunk, in words; chunks follow paragraphs.")
+
+
+class TargetSettings(Strict):
+    metric: str = Field(description="The task metric the bar is set on, e.g. exact_match.")
+    min: float = Field(description="The lowest acceptable value of that metric (0-1 for rates).")
+
+
+class CostSettings(Strict):
+    hourly_price: float = Field(
+        0.10,
+        ge=0,
+        description="Price per hour of the machine that serves (and trains) self-hosted rungs, USD.",
+    )
+    training_hourly_price: float | None = Field(
+        None, ge=0, description="Price per hour of the training machine; None: the same as hourly_price."
+    )
+    requests: int = Field(
+        1_000_000,
+        ge=1,
+        description="Requests the recommendation amortises one-off training cost over.",
+    )
+
+
+class GeneralSettings(Strict):
+    enabled: bool = Field(True, description="Check general capability (forgetting) of fine-tuned rungs.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N probes of the shipped set.")
+    max_new_tokens: int = Field(32, ge=1, description="Longest answer to a probe question.")
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks run before and after (needs hone[lmeval]).",
+    )
+    lm_eval_include: Path | None = Field(None, description="Folder of local lm-evaluation-harness task YAML.")
+    lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm-evaluation-harness task.")
+
+
+class ApiRung(Strict):
+    name: str = Field(description="The rung's name in the ladder.")
+    base_url: str = Field(description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="Model name sent in each request.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    input_price: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    output_price: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
 class EvaluateConfig(Strict):
     json_schema: Path | None = Field(
         None,
@@ -209,6 +266,42 @@ class EvaluateConfig(Strict):
     max_new_tokens: int = Field(96, ge=1, description="Longest generated answer.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded, KV cache).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test examples.")
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Task metrics to report; empty: JSON metrics when references are JSON, else text ones.",
+    )
+    regex: str | None = Field(None, description="A pattern every good reply matches (the `regex` metric).")
+    scorer: str | None = Field(
+        None,
+        description="'path/to/file.py:function' scoring (output, reference) in [0, 1]: the `scorer` metric.",
+    )
+    rungs: list[Literal["zero-shot", "few-shot", "rag"]] = Field(
+        default_factory=lambda: ["zero-shot", "few-shot", "rag"],
+        description="Prompting rungs of the ladder, all on the base model.",
+    )
+    few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="The few-shot rung.")
+    rag: RagSettings = Field(default_factory=RagSettings, description="The RAG rung.")
+    candidates: list[Path] = Field(
+        default_factory=list, description="Fine-tuned run folders evaluated as rungs of the ladder."
+    )
+    api: list[ApiRung] = Field(default_factory=list, description="Hosted models (OpenAI-compatible APIs).")
+    target: TargetSettings | None = Field(
+        None, description="The bar: the recommendation is the cheapest rung that meets it."
+    )
+    primary_metric: str | None = Field(
+        None, description="Metric the rungs are compared on; None: target.metric, else exact_match."
+    )
+    bootstrap_resamples: int = Field(1000, ge=100, description="Resamples for intervals and significance.")
+    cost: CostSettings = Field(default_factory=CostSettings, description="Prices for cost per request.")
+    general: GeneralSettings = Field(
+        default_factory=GeneralSettings, description="General-capability (forgetting) check."
+    )
+    seed: int = Field(0, description="Seed of few-shot sampling and the bootstrap.")
+
+    def resolved_primary_metric(self) -> str:
+        if self.primary_metric:
+            return self.primary_metric
+        return self.target.metric if self.target else "exact_match"
 
 
 class RunConfig(Strict):

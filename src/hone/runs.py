@@ -79,8 +79,10 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def default_run_name(config: HoneConfig) -> str:
+def default_run_name(config: HoneConfig, kind: str = "training") -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if kind == "evaluation":
+        return f"evaluate-{stamp}"
     return f"{config.train.method}-{config.train.adapter.kind}-{stamp}"
 
 
@@ -89,9 +91,13 @@ class RunFolder:
     path: Path
 
     @classmethod
-    def create(cls, config: HoneConfig) -> RunFolder:
-        """Make the folder, write the resolved config and a `running` manifest. Refuses to overwrite a run."""
-        name = config.run.name or default_run_name(config)
+    def create(cls, config: HoneConfig, kind: str = "training") -> RunFolder:
+        """Make the folder, write the resolved config and a `running` manifest. Refuses to overwrite a run.
+
+        `kind` is `training` (a model was trained: method, adapter, weights) or `evaluation` (a ladder of
+        existing models was evaluated: ladder.json, report.html).
+        """
+        name = config.run.name or default_run_name(config, kind)
         path = config.run.dir / name
         if path.exists():
             raise HoneError(f"{path}: run folder already exists; choose another run.name")
@@ -101,15 +107,16 @@ class RunFolder:
         manifest = {
             "format": MANIFEST_FORMAT,
             "name": name,
+            "kind": kind,
             "status": "running",
             "created_at": now(),
             "code_version": code_version(),
             "hardware": hardware(),
-            "method": config.train.method,
-            "adapter": config.train.adapter.kind,
             "base_model": {"reference": config.model.reference},
             "artifacts": {"config": "config.yaml"},
         }
+        if kind == "training":
+            manifest.update(method=config.train.method, adapter=config.train.adapter.kind)
         atomic_write_json(path / MANIFEST, manifest)
         return run
 
@@ -142,3 +149,46 @@ class RunFolder:
         if error:
             fields["error"] = error
         self.update(**fields)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What later stages (evaluation, export, the registry) need from a completed run folder."""
+
+    path: Path
+    name: str
+    method: str  # sft, pretrain, dpo, reward or rl
+    kind: str  # lora, qlora or full
+    config: HoneConfig
+    base: Path  # the base model's Hugging Face folder
+    weights: Path  # adapter/ or model/
+    manifest: dict[str, Any]
+
+
+def open_finished_run(run_path: Path, use: str) -> FinishedRun:
+    """The completed run with its config, base and weights, or a HoneError naming what is missing.
+
+    `use` finishes the refusal sentence ("only completed runs <use>").
+    """
+    from hone.config import load_config
+    from hone.models.resolve import resolve_model
+
+    manifest = RunFolder.open(run_path).manifest
+    if manifest.get("status") != "completed":
+        raise HoneError(f"{run_path}: run status is {manifest.get('status')!r}; only completed runs {use}")
+    weights = run_path / str((manifest.get("artifacts") or {}).get("weights", ""))
+    if not (weights / "config.json").is_file() and not (weights / "adapter_config.json").is_file():
+        raise HoneError(f"{weights}: the run's weights are missing (expected an adapter/ or model/ folder)")
+    base = manifest.get("base_model") or {}
+    recorded = Path(base["path"]) if base.get("path") else None
+    base_path = recorded if recorded and recorded.is_dir() else resolve_model(base["reference"])
+    return FinishedRun(
+        path=run_path,
+        name=str(manifest.get("name") or run_path.name),
+        method=str(manifest.get("method")),
+        kind=str(manifest.get("adapter")),
+        config=load_config(run_path / "config.yaml"),
+        base=base_path,
+        weights=weights,
+        manifest=manifest,
+    )

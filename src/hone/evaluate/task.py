@@ -1,9 +1,10 @@
-"""Evaluate one model on a split of chat examples: generate, score, keep every prediction."""
+"""Generating one rung's answers on a test split, with a progress bar; the task's JSON Schema."""
 
 from __future__ import annotations
 
 import json
-import statistics
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,18 +12,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hone.data.formats import Example
-from hone.data.tokenize import prompt_messages
 from hone.errors import HoneError
-from hone.evaluate.generate import generate_chat
-from hone.evaluate.metrics import parse_json_object, score_json_outputs
+from hone.evaluate.generate import Generation, generate_chat
 
 
 @dataclass
-class Evaluation:
-    label: str
-    scores: dict[str, Any]
-    predictions: list[dict[str, Any]]
+class Answers:
+    generations: list[Generation]
+    seconds: float  # wall time of the whole rung: what throughput and cost are computed from
+
+    @property
+    def outputs(self) -> list[str]:
+        return [g.text for g in self.generations]
 
 
 def load_schema(path: Path | None) -> dict[str, Any] | None:
@@ -36,26 +37,26 @@ def load_schema(path: Path | None) -> dict[str, Any] | None:
         raise HoneError(f"{path} line {exc.lineno}: not valid JSON: {exc.msg}") from None
 
 
-def evaluate_model(
+def answer_all(
     label: str,
     model: Any,
     tokenizer: Any,
-    examples: list[Example],
-    schema: dict[str, Any] | None,
+    prompts: Sequence[list[dict[str, Any]]],
     max_new_tokens: int,
     batch_size: int,
     console: Console,
-) -> Evaluation:
-    prompts = [prompt_messages(e.messages) for e in examples]
-    references = [e.messages[-1]["content"] for e in examples]
+) -> Answers:
+    """Greedy answers to every prompt, batched, with a progress bar named after the rung."""
     with Progress(
-        TextColumn(f"[bold]evaluating {label}"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task(label, total=len(prompts))
+        began = time.perf_counter()
         generations = generate_chat(
             model,
             tokenizer,
@@ -64,22 +65,6 @@ def evaluate_model(
             batch_size,
             on_batch=lambda n: progress.advance(task, n),
         )
-    outputs = [g.text for g in generations]
-    scores = score_json_outputs(outputs, references, schema)
-    per_request = [g.seconds / max(batch_size, 1) for g in generations]
-    scores["seconds_per_example"] = statistics.fmean(per_request) if per_request else 0.0
-    scores["completion_tokens_mean"] = statistics.fmean(g.completion_tokens for g in generations)
-    predictions = []
-    for example, reference, output in zip(examples, references, outputs, strict=True):
-        parsed = parse_json_object(output)
-        predictions.append(
-            {
-                "source": example.source,
-                "line": example.line,
-                "reference": reference,
-                "output": output,
-                "valid_json": parsed is not None,
-                "exact_match": parsed == json.loads(reference),
-            }
-        )
-    return Evaluation(label, scores, predictions)
+        seconds = time.perf_counter() - began
+    console.print(f"  {label}: {len(prompts)} answers in {seconds:.0f} s")
+    return Answers(generations, seconds)

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from hone.config import HoneConfig, load_config
 from hone.data.load import load_split
 from hone.errors import HoneError
 from hone.io import atomic_write_json, atomic_write_text, staged_folder
-from hone.models.resolve import load_model, load_tokenizer, resolve_model
-from hone.runs import RunFolder, code_version, now
+from hone.models.resolve import load_model, load_tokenizer
+from hone.models.trained import merged_model
+from hone.runs import FinishedRun, RunFolder, code_version, now, open_finished_run
 from hone.train.llama_cpp import llama_cpp_tools, llama_quantize, run_tools, tools_version
 from hone.train.ollama import modelfile
 
@@ -56,18 +56,6 @@ FALLBACK_CHATS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "Write one sentence about the sea."}],
     [{"role": "user", "content": "List three prime numbers."}],
 ]
-
-
-@dataclass(frozen=True)
-class Run:
-    """What export needs from a finished run folder."""
-
-    path: Path
-    name: str
-    kind: str  # lora, qlora or full
-    config: HoneConfig
-    base: Path  # the base model's Hugging Face folder
-    weights: Path  # adapter/ or model/
 
 
 @dataclass(frozen=True)
@@ -119,31 +107,14 @@ class ParityResult:
         return record
 
 
-def open_run(run_path: Path) -> Run:
-    """The finished run with its config, base and weights, or a HoneError naming what is missing."""
-    folder = RunFolder.open(run_path)
-    manifest = folder.manifest
-    if manifest.get("status") != "completed":
-        raise HoneError(f"{run_path}: run status is {manifest.get('status')!r}; only completed runs export")
-    if manifest.get("method") == "reward":
+def open_run(run_path: Path) -> FinishedRun:
+    run = open_finished_run(run_path, "export")
+    if run.method == "reward":
         raise HoneError(f"{run_path}: a reward model scores text; export writes language models only")
-    weights = run_path / str((manifest.get("artifacts") or {}).get("weights", ""))
-    if not (weights / "config.json").is_file() and not (weights / "adapter_config.json").is_file():
-        raise HoneError(f"{weights}: the run's weights are missing (expected an adapter/ or model/ folder)")
-    base = manifest.get("base_model") or {}
-    recorded = Path(base["path"]) if base.get("path") else None
-    base_path = recorded if recorded and recorded.is_dir() else resolve_model(base["reference"])
-    return Run(
-        path=run_path,
-        name=str(manifest.get("name") or run_path.name),
-        kind=str(manifest.get("adapter")),
-        config=load_config(run_path / "config.yaml"),
-        base=base_path,
-        weights=weights,
-    )
+    return run
 
 
-def record_export(folder: Path, run: Run, kind: str, **details: Any) -> None:
+def record_export(folder: Path, run: FinishedRun, kind: str, **details: Any) -> None:
     record = {
         "kind": kind,
         "source_run": str(run.path.resolve()),
@@ -157,7 +128,7 @@ def record_export(folder: Path, run: Run, kind: str, **details: Any) -> None:
     atomic_write_json(folder / EXPORT_RECORD, record)
 
 
-def record_artifact(run: Run, name: str, folder: Path) -> None:
+def record_artifact(run: FinishedRun, name: str, folder: Path) -> None:
     """Exports inside the run folder are recorded relative to it, others by their full path."""
     try:
         relative = str(folder.resolve().relative_to(run.path.resolve()))
@@ -187,43 +158,6 @@ def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> 
         record_export(staging, run, "merged", dequantized=dequantized, dtype="float32")
     record_artifact(run, "export_merged", target)
     return target
-
-
-def merged_model(run: Run, dequantized: bool) -> Any:
-    from peft import PeftModel
-
-    base = dequantized_base(run) if dequantized else load_model(run.base)
-    return PeftModel.from_pretrained(base, run.weights).merge_and_unload()
-
-
-def dequantized_base(run: Run) -> Any:
-    """The base exactly as QLoRA training saw it: NF4-quantized at the training dtype, then dequantized.
-
-    Loading at the training dtype matters: on a GPU the weights are cast to bf16 before quantization and
-    the unquantized ones (embeddings, norms) keep bf16 values, so the fp32 result carries the same
-    rounding the adapter was trained against.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from hone.train.setup import quantization_config
-
-    dtype = training_dtype(run)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    quantized = AutoModelForCausalLM.from_pretrained(
-        run.base, quantization_config=quantization_config(dtype), dtype=dtype, device_map=device
-    )
-    return quantized.dequantize(dtype=torch.float32).to(device="cpu", dtype=torch.float32)
-
-
-def training_dtype(run: Run) -> torch.dtype:
-    """The precision the run trained at, as recorded by training (else as its config and hardware imply)."""
-    manifest = RunFolder(run.path).manifest
-    chosen = (manifest.get("training") or {}).get("precision") or run.config.train.precision
-    if chosen == "auto":
-        hardware = manifest.get("hardware") or {}
-        chosen = "bf16" if hardware.get("cuda") else "fp32"  # auto picks bf16 on every GPU that has it
-        logger.info("run precision was auto on %s: assuming %s", hardware.get("gpu", "CPU"), chosen)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen, torch.float32)
 
 
 def to_gguf(
@@ -289,7 +223,7 @@ def model_command(tools: Path, merged: Path, out_file: Path, quant: str, name: s
     return converter(tools / "convert_hf_to_gguf.py", str(merged), *options)
 
 
-def lora_refusal(run: Run) -> str | None:
+def lora_refusal(run: FinishedRun) -> str | None:
     """Why the run gets no LoRA GGUF (for llama.cpp --lora or Ollama ADAPTER on the base), if it gets none."""
     if run.kind == "full":
         return "full fine-tuning has no adapter"
@@ -303,7 +237,7 @@ def lora_refusal(run: Run) -> str | None:
     return None
 
 
-def lora_command(tools: Path, run: Run, out_file: Path, quant: str) -> list[str]:
+def lora_command(tools: Path, run: FinishedRun, out_file: Path, quant: str) -> list[str]:
     script = tools / "convert_lora_to_gguf.py"
     options = ["--base", str(run.base), "--outtype", converter_type(quant), "--outfile", str(out_file)]
     return converter(script, *options, str(run.weights))
@@ -320,7 +254,7 @@ def quantize(quantizer: Path, half: Path, out_file: Path, quant: str) -> None:
     half.unlink()
 
 
-def parity_prompts(run: Run, count: int = 3) -> tuple[list[tuple[str, str]], str]:
+def parity_prompts(run: FinishedRun, count: int = 3) -> tuple[list[tuple[str, str]], str]:
     """(label, rendered prompt) from the run's test (else validation) split, else a few fixed chats.
 
     A chat is cut before its last assistant turn and ends with the generation prompt; a document

@@ -74,8 +74,11 @@ def train_method(
     return train(config, model_path, tokenizer, splits["train"], validation, run, console, resume)
 
 
-def run_training(config: HoneConfig, console: Console) -> RunFolder:
-    """A new run: its folder is created by the main process and shared with the others."""
+def run_training(config: HoneConfig, console: Console, track: bool = True) -> RunFolder:
+    """A new run: its folder is created by the main process and shared with the others.
+
+    `track=False` leaves MLflow to the caller, which adds to the run folder first (the quickstart's ladder).
+    """
     state = process_state()  # joins the process group when launched by accelerate; a no-op otherwise
     check_loggers(config.train.report_to)
     splits = load_training_splits(config)
@@ -90,7 +93,7 @@ def run_training(config: HoneConfig, console: Console) -> RunFolder:
             dataset=dataset_record(config, splits, version),
             distributed={"processes": state.num_processes, "backend": state.backend},
         )
-    return execute(config, model_path, splits, run, console, resume=None)
+    return execute(config, model_path, splits, run, console, resume=None, track=track)
 
 
 def resume_training(run_path: Path, console: Console) -> RunFolder:
@@ -131,6 +134,7 @@ def execute(
     run: RunFolder,
     console: Console,
     resume: Path | None,
+    track: bool = True,
 ) -> RunFolder:
     state = process_state()
     tokenizer = load_tokenizer(model_path)
@@ -146,7 +150,7 @@ def execute(
     atomic_write_json(run.path / "metrics.json", {"training": summary})
     run.update(training=summary, artifacts={"metrics": "metrics.json"})
     run.finish("completed")
-    if config.track.enabled:
+    if track and config.track.enabled:
         track_completed(run, config, console)
     best = "".join(f", best {name} {value:.4f}" for name, value in (result.best_metric or {}).items())
     console.print(

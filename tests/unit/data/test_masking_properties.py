@@ -31,7 +31,14 @@ def template(tokenizer) -> str:
     return training_chat_template(tokenizer)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: the same chats on every run, so CI never depends on the draw. Filtering is expected (the
+# tokenizer maps some characters lossily) and must not fail the health check.
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 @given(chat=chats())
 def test_loss_only_on_assistant_replies_and_every_end_of_turn(tokenizer, template, chat) -> None:
     for message in chat:  # the tokenizer maps a few rare characters lossily; such text cannot round-trip

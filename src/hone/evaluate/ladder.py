@@ -1,0 +1,428 @@
+"""The decision ladder: should you fine-tune at all?
+
+Every rung answers the same frozen test split: the base model zero-shot, few-shot and with RAG, each
+fine-tuned candidate (a completed run folder) and any hosted API. Each rung gets the task metrics with
+95% bootstrap intervals, a paired bootstrap against the best prompting rung (the baseline), the examples
+that flipped, its general-capability change, latency, tokens and cost. The result, `ladder.json`, is what
+the terminal table and the HTML report show and what the registry's promotion gate can read later.
+
+    <run>/ladder.json        the whole result (format below: hone/evaluate/report.py renders it)
+    <run>/report.html        self-contained report with charts
+    <run>/eval/<rung>.jsonl  every prediction with its per-example scores
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from hone.config import HoneConfig
+from hone.data.formats import Example
+from hone.data.load import load_split, require_kind
+from hone.data.tokenize import prompt_messages
+from hone.data.version import dataset_hash
+from hone.errors import HoneError
+from hone.evaluate import baselines, cost
+from hone.evaluate.api import answer_with_api
+from hone.evaluate.general import GeneralResult, general_check, general_delta
+from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples
+from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
+from hone.evaluate.task import Answers, answer_all, load_schema
+from hone.io import atomic_write_json, atomic_write_jsonl
+from hone.models.resolve import load_model, load_tokenizer, resolve_model
+from hone.models.trained import trained_model
+from hone.runs import FinishedRun, RunFolder, now, open_finished_run
+
+LADDER_FORMAT = 1
+SHOWN_FLIPS = 20
+LANGUAGE_METHODS = ("sft", "pretrain", "dpo", "rl")
+YES_NO_METRICS = ("exact_match", "normalized_exact_match", "accuracy", "json_valid", "schema_valid", "regex")
+
+
+@dataclass
+class Rung:
+    """One rung's answers, before statistics: what the ladder measured."""
+
+    name: str
+    kind: str  # prompting, fine-tuned or api
+    description: str
+    model: str
+    prompts: list[list[dict[str, Any]]]
+    answers: Answers
+    batch_size: int
+    scores: ExampleScores | None = None
+    general: dict[str, Any] | None = None  # general-capability figures and their change from the base
+    training: dict[str, Any] | None = None
+    context: list[list[str]] = field(default_factory=list)
+    prices: tuple[float, float] | None = None  # API rungs: USD per million prompt / completion tokens
+
+
+@dataclass
+class LadderInputs:
+    config: HoneConfig
+    test: list[Example]
+    train: list[Example]
+    references: list[str]
+    spec: MetricSpec
+    candidates: list[FinishedRun]
+
+
+def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
+    """Read and check everything the ladder needs before any model is loaded."""
+    settings = config.evaluate
+    if config.data.test is None:
+        raise HoneError("data.test: the ladder needs a frozen held-out test split")
+    test = load_split(config.data.test, config.data.system_prompt, config.data.format)
+    require_kind(test, "chat", "evaluate")
+    if settings.limit:
+        test = test[: settings.limit]
+    train: list[Example] = []
+    if "few-shot" in settings.rungs:
+        train = load_split(config.data.train, config.data.system_prompt, config.data.format)
+    if "rag" in settings.rungs and settings.rag.knowledge is None:
+        raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
+    runs = [open_candidate(path) for path in candidates]
+    spec = MetricSpec(
+        names=list(settings.metrics),
+        json_schema=load_schema(settings.json_schema),
+        regex=settings.regex,
+        scorer=load_scorer(settings.scorer) if settings.scorer else None,  # paths are relative to the cwd
+        scorer_name=settings.scorer,
+    )
+    references = [e.messages[-1]["content"] for e in test]
+    return LadderInputs(config, test, train, references, spec, runs)
+
+
+def open_candidate(path: Path) -> FinishedRun:
+    run = open_finished_run(path, "are evaluated")
+    if run.method not in LANGUAGE_METHODS:
+        raise HoneError(
+            f"{path}: a {run.method} run is not a language model; it cannot answer the test split"
+        )
+    return run
+
+
+def run_ladder(
+    config: HoneConfig, run: RunFolder, console: Console, candidates: list[Path]
+) -> dict[str, Any]:
+    """Evaluate every rung, write ladder.json, report.html and predictions into `run`; return the ladder."""
+    inputs = prepare(config, candidates)
+    settings = config.evaluate
+    rungs: list[Rung] = []
+    base_general = prompting_rungs(inputs, rungs, console)
+    if base_general is not None:
+        for rung in rungs:  # prompting leaves the weights alone: the base's figures, unchanged
+            rung.general = general_delta(base_general, base_general)
+    for candidate in inputs.candidates:
+        rungs.append(fine_tuned_rung(inputs, candidate, base_general, console))
+    for api in settings.api:
+        prompts = [prompt_messages(e.messages) for e in inputs.test]
+        answers = answer_with_api(api, prompts, settings.max_new_tokens, console)
+        rungs.append(
+            Rung(
+                api.name,
+                "api",
+                f"{api.model} at {api.base_url}",
+                api.model,
+                prompts,
+                answers,
+                1,
+                prices=(api.input_price, api.output_price),
+            )
+        )
+    for rung in rungs:
+        rung.scores = score_examples(rung.answers.outputs, inputs.references, inputs.spec)
+    ladder = assemble(inputs, rungs)
+    write_ladder(run, ladder, rungs, inputs)
+    return ladder
+
+
+def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -> GeneralResult | None:
+    """Zero-shot, few-shot and RAG on the base model (loaded once), and the base's general check."""
+    config, settings = inputs.config, inputs.config.evaluate
+    model_path = resolve_model(config.model.reference)
+    model, tokenizer = load_model(model_path), load_tokenizer(model_path)
+    for name in settings.rungs:
+        if name == "zero-shot":
+            prompt_rung = baselines.zero_shot(inputs.test)
+        elif name == "few-shot":
+            prompt_rung = baselines.few_shot(inputs.train, inputs.test, settings.few_shot, settings.seed)
+        else:
+            prompt_rung = baselines.rag(inputs.test, settings.rag)
+        answers = answer_all(
+            name, model, tokenizer, prompt_rung.prompts, settings.max_new_tokens, settings.batch_size, console
+        )
+        rungs.append(
+            Rung(
+                name,
+                "prompting",
+                prompt_rung.description,
+                config.model.reference,
+                prompt_rung.prompts,
+                answers,
+                settings.batch_size,
+                context=prompt_rung.context,
+            )
+        )
+    general = None
+    if inputs.candidates and settings.general.enabled:
+        general = measure_general(config, "base model", model, tokenizer, console)
+    release(model)
+    return general
+
+
+def fine_tuned_rung(
+    inputs: LadderInputs, candidate: FinishedRun, base_general: GeneralResult | None, console: Console
+) -> Rung:
+    settings = inputs.config.evaluate
+    model, tokenizer = trained_model(candidate)
+    prompts = [prompt_messages(e.messages) for e in inputs.test]
+    answers = answer_all(
+        candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console
+    )
+    general = None
+    if base_general is not None:
+        general = general_delta(
+            base_general, measure_general(inputs.config, candidate.name, model, tokenizer, console)
+        )
+    release(model)
+    manifest = candidate.manifest
+    return Rung(
+        candidate.name,
+        "fine-tuned",
+        f"{candidate.method} {candidate.kind} on {manifest.get('base_model', {}).get('reference')}",
+        str(candidate.path),
+        prompts,
+        answers,
+        settings.batch_size,
+        general=general,
+        training=training_record(candidate),
+    )
+
+
+def measure_general(
+    config: HoneConfig, label: str, model: Any, tokenizer: Any, console: Console
+) -> GeneralResult:
+    settings = config.evaluate.general
+    console.print(f"  general-capability check of the {label}")
+    return general_check(
+        model, tokenizer, config.evaluate.batch_size, settings.max_new_tokens, settings.limit
+    )
+
+
+def release(model: Any) -> None:
+    del model
+    gc.collect()
+
+
+def training_record(candidate: FinishedRun) -> dict[str, Any]:
+    """What the report shows of a candidate's training: the loss curve and the time it took."""
+    manifest = candidate.manifest
+    summary = manifest.get("training") or {}
+    if not summary:
+        metrics_file = candidate.path / "metrics.json"
+        if metrics_file.is_file():
+            summary = json.loads(metrics_file.read_text(encoding="utf-8")).get("training") or {}
+    history_file = candidate.path / "history.jsonl"
+    history = []
+    if history_file.is_file():
+        for line in history_file.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            history.append({k: row[k] for k in ("step", "loss", "eval_loss") if k in row})
+    return {
+        "run": str(candidate.path),
+        "method": candidate.method,
+        "adapter": candidate.kind,
+        "train_seconds": float(summary.get("seconds") or 0.0),
+        "history": history,
+    }
+
+
+def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
+    """Statistics, costs and the recommendation over the measured rungs: the ladder.json object."""
+    settings = inputs.config.evaluate
+    names = rungs[0].scores.names if rungs and rungs[0].scores else []
+    primary = settings.resolved_primary_metric()
+    for metric, where in (
+        (primary, "evaluate.primary_metric"),
+        *([(settings.target.metric, "evaluate.target.metric")] if settings.target else []),
+    ):
+        if metric not in names:
+            raise HoneError(f"{where}: {metric!r} is not among this task's metrics: {', '.join(names)}")
+    n = len(inputs.test)
+    values = {r.name: r.scores.value(primary) for r in rungs if r.scores}
+    prompting = [r for r in rungs if r.kind == "prompting"] or rungs
+    baseline = max(prompting, key=lambda r: values[r.name])
+    records = [rung_record(inputs, rung, baseline, primary, n) for rung in rungs]
+    target = settings.target.model_dump() if settings.target else None
+    return {
+        "format": LADDER_FORMAT,
+        "created": now(),
+        "task": {
+            "test": str(inputs.config.data.test),
+            "examples": n,
+            "dataset_hash": dataset_hash({"test": inputs.test}),
+        },
+        "primary_metric": primary,
+        "target": target,
+        "baseline": baseline.name,
+        "rungs": records,
+        "recommendation": cost.recommend(records, primary, target, baseline.name, settings.cost.requests),
+    }
+
+
+def rung_record(inputs: LadderInputs, rung: Rung, baseline: Rung, primary: str, n: int) -> dict[str, Any]:
+    settings = inputs.config.evaluate
+    scores = rung.scores
+    assert scores is not None and baseline.scores is not None
+    resamples, seed = settings.bootstrap_resamples, settings.seed
+    metrics = {}
+    for name in scores.names:
+        value, low, high = bootstrap_interval(scores.statistic(name), n, resamples, seed)
+        metrics[name] = {"value": value, "low": low, "high": high}
+    significance, flipped = None, None
+    if rung is not baseline:
+        paired = paired_bootstrap(
+            baseline.scores.statistic(primary), scores.statistic(primary), n, resamples, seed
+        )  # B minus A: the rung's gain over the baseline
+        significance = {"vs": baseline.name, "metric": primary, **asdict(paired)}
+        flipped = flip_record(inputs, baseline, rung, primary)
+    generations = rung.answers.generations
+    tokens = {
+        "prompt_mean": float(np.mean([g.prompt_tokens for g in generations])) if generations else 0.0,
+        "completion_mean": float(np.mean([g.completion_tokens for g in generations])) if generations else 0.0,
+    }
+    timing = cost.latency([g.seconds for g in generations], rung.answers.seconds, rung.batch_size)
+    return {
+        "name": rung.name,
+        "kind": rung.kind,
+        "description": rung.description,
+        "model": rung.model,
+        "metrics": metrics,
+        "significance": significance,
+        "flips": flipped,
+        "general": rung.general,
+        "latency": timing,
+        "tokens": tokens,
+        "cost": cost_record(settings, rung, timing, tokens),
+        "training": rung.training,
+    }
+
+
+def cost_record(
+    settings: Any, rung: Rung, timing: dict[str, float], tokens: dict[str, float]
+) -> dict[str, Any]:
+    prices = settings.cost
+    if rung.prices is not None:
+        per_1000 = cost.api_per_1000(tokens["prompt_mean"], tokens["completion_mean"], *rung.prices)
+        basis = f"API at ${rung.prices[0]:g}/${rung.prices[1]:g} per million prompt/completion tokens"
+    else:
+        per_1000 = cost.self_hosted_per_1000(timing["requests_per_second"], prices.hourly_price)
+        basis = f"self-hosted at ${prices.hourly_price:g}/hour, measured throughput"
+    training_price = (
+        prices.training_hourly_price if prices.training_hourly_price is not None else prices.hourly_price
+    )
+    seconds = rung.training["train_seconds"] if rung.training else 0.0
+    return {
+        "per_1000_requests": round(per_1000, 6),
+        "training_one_off": round(cost.training_cost(seconds, training_price), 6),
+        "basis": basis,
+    }
+
+
+def flip_record(inputs: LadderInputs, before: Rung, after: Rung, primary: str) -> dict[str, Any] | None:
+    """Examples right before and wrong after (and the reverse).
+
+    Right and wrong need a per-example yes/no: the primary metric when it is one, else exact match.
+    """
+    assert before.scores is not None and after.scores is not None
+    yes_no = primary in YES_NO_METRICS or (primary.endswith("_accuracy") and primary != "mean_field_accuracy")
+    metric = primary if yes_no else "exact_match"
+    if metric not in before.scores.per_example:
+        return None
+    right_before = [v >= 1.0 for v in before.scores.per_example[metric]]
+    right_after = [v >= 1.0 for v in after.scores.per_example[metric]]
+    fixed, broken = flips(right_before, right_after)
+
+    def shown(indices: list[int]) -> list[dict[str, Any]]:
+        return [
+            {
+                "index": i,
+                "input": baselines.query_text(prompt_messages(inputs.test[i].messages)),
+                "reference": inputs.references[i],
+                "before": before.answers.outputs[i],
+                "after": after.answers.outputs[i],
+            }
+            for i in indices[:SHOWN_FLIPS]
+        ]
+
+    return {
+        "vs": before.name,
+        "metric": metric,
+        "fixed": shown(fixed),
+        "broken": shown(broken),
+        "fixed_count": len(fixed),
+        "broken_count": len(broken),
+    }
+
+
+def write_ladder(run: RunFolder, ladder: dict[str, Any], rungs: list[Rung], inputs: LadderInputs) -> None:
+    from hone.evaluate.report import write_report
+
+    artifacts = {}
+    for rung in rungs:
+        name = f"eval/{rung.name}.jsonl"
+        atomic_write_jsonl(run.path / name, predictions(rung, inputs))
+        artifacts[f"predictions_{rung.name}"] = name
+    atomic_write_json(run.path / "ladder.json", ladder)
+    write_report(ladder, run.path / "report.html")
+    run.update(artifacts={**artifacts, "ladder": "ladder.json", "report": "report.html"})
+
+
+def predictions(rung: Rung, inputs: LadderInputs) -> list[dict[str, Any]]:
+    assert rung.scores is not None
+    rows = []
+    for i, (example, generation) in enumerate(zip(inputs.test, rung.answers.generations, strict=True)):
+        row: dict[str, Any] = {
+            "source": example.source,
+            "line": example.line,
+            "reference": inputs.references[i],
+            "output": generation.text,
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "scores": {name: values[i] for name, values in rung.scores.per_example.items()},
+        }
+        if rung.context:
+            row["context"] = rung.context[i]
+        rows.append(row)
+    return rows
+
+
+def run_evaluation(
+    config: HoneConfig, candidates: list[Path], console: Console
+) -> tuple[RunFolder, dict[str, Any]]:
+    """`hone evaluate`: the ladder in a new evaluation run folder (runs/evaluate-<time> by default)."""
+    every = [*config.evaluate.candidates, *candidates]
+    prepare(config, every)  # bad input fails here, before a run folder exists
+    run = RunFolder.create(config, "evaluation")
+    console.print(f"[bold]Run folder[/] {run.path}")
+    try:
+        ladder = run_ladder(config, run, console, every)
+    except BaseException as exc:
+        run.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    run.update(
+        candidates=[str(path) for path in every],
+        metrics={
+            rung["name"]: rung["metrics"][ladder["primary_metric"]]["value"] for rung in ladder["rungs"]
+        },
+        recommendation=ladder["recommendation"],
+    )
+    run.finish("completed")
+    return run, ladder

@@ -1,0 +1,78 @@
+"""The ladder in the terminal: one table of rungs, one of every metric, and the recommendation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def rung_table(ladder: dict[str, Any]) -> Table:
+    metric = ladder["primary_metric"]
+    target = ladder.get("target")
+    title = f"The ladder on {ladder['task']['examples']} test examples ({metric}"
+    title += f", bar {target['min']:g})" if target else ")"
+    table = Table(title=title)
+    for column in ("rung", metric, "95% CI", f"vs {ladder['baseline']}", "general", "p50 s", "p95 s"):
+        table.add_column(column, justify="left" if column == "rung" else "right")
+    for column in ("prompt tok", "cost / 1k req", "training"):
+        table.add_column(column, justify="right")
+    for rung in ladder["rungs"]:
+        scores = rung["metrics"][metric]
+        table.add_row(
+            rung["name"],
+            f"{scores['value']:.3f}",
+            f"{scores['low']:.3f}-{scores['high']:.3f}",
+            versus(rung.get("significance")),
+            general_change(rung.get("general")),
+            f"{rung['latency']['p50_seconds']:.2f}",
+            f"{rung['latency']['p95_seconds']:.2f}",
+            f"{rung['tokens']['prompt_mean']:.0f}",
+            money(rung["cost"]["per_1000_requests"]),
+            money(rung["cost"]["training_one_off"]) if rung["cost"]["training_one_off"] else "-",
+        )
+    return table
+
+
+def metric_table(ladder: dict[str, Any]) -> Table:
+    table = Table(title="Every task metric (95% bootstrap interval)")
+    table.add_column("metric")
+    for rung in ladder["rungs"]:
+        table.add_column(rung["name"], justify="right")
+    names = list(ladder["rungs"][0]["metrics"]) if ladder["rungs"] else []
+    for name in names:
+        cells = []
+        for rung in ladder["rungs"]:
+            scores = rung["metrics"][name]
+            cells.append(f"{scores['value']:.3f} [{scores['low']:.2f}, {scores['high']:.2f}]")
+        table.add_row(name, *cells)
+    return table
+
+
+def versus(significance: dict[str, Any] | None) -> str:
+    if not significance:
+        return "baseline"
+    marker = " *" if significance["significant"] else ""
+    return f"{significance['delta']:+.3f} (p {significance['p_value']:.3f}){marker}"
+
+
+def general_change(general: dict[str, Any] | None) -> str:
+    if not general:
+        return "-"
+    return f"{general['probe_accuracy']:.2f} ({general['delta_probe_accuracy']:+.2f})"
+
+
+def money(value: float) -> str:
+    if value == float("inf"):
+        return "-"
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def show_ladder(ladder: dict[str, Any], console: Console) -> None:
+    console.print(rung_table(ladder))
+    console.print(metric_table(ladder))
+    recommendation = ladder["recommendation"]
+    choice = recommendation["rung"] or "none"
+    console.print(f"[bold]Recommendation:[/] {choice}: {recommendation['reason']}")
+    console.print("[dim]* significant at the 5% level (paired bootstrap)[/]")

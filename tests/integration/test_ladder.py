@@ -1,0 +1,139 @@
+"""The decision ladder end to end on the tiny model: every rung kind, real statistics, real files.
+
+Rungs: zero-shot, few-shot and RAG on the base, a LoRA run trained here, and a hosted "API" rung: an
+OpenAI-compatible endpoint on 127.0.0.1 that answers with the same tiny base model, so its answers must
+equal the zero-shot rung's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hone.config import load_config
+from hone.evaluate.generate import generate_chat
+from hone.evaluate.ladder import run_ladder
+from hone.models.resolve import load_model, load_tokenizer
+from hone.runs import RunFolder
+from hone.train.pipeline import run_training
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets"
+
+
+@pytest.fixture
+def chat_server(tiny_model_dir: Path) -> Iterator[str]:
+    """A minimal OpenAI-compatible chat endpoint over the tiny model (greedy, like the ladder's rungs)."""
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/chat/completions" and body["temperature"] == 0
+            [answer] = generate_chat(model, tokenizer, [body["messages"]], body["max_tokens"], 1)
+            reply = {
+                "choices": [{"message": {"role": "assistant", "content": answer.text}}],
+                "usage": {
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": answer.completion_tokens,
+                },
+            }
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_ladder_measures_every_rung_and_recommends(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], chat_server: str
+) -> None:
+    config_file = tmp_path / "ladder.yaml"
+    config_file.write_text(
+        f"""
+model: {{reference: "{tiny_model_dir}", max_length: 256}}
+data: {{train: {small_task["train"]}, validation: {small_task["validation"]}, test: {small_task["test"]}}}
+train: {{adapter: {{kind: lora, r: 4, alpha: 8}}, learning_rate: 1.0e-2, max_steps: 2, batch_size: 4,
+        eval_every: 1, logging_steps: 1}}
+evaluate:
+  json_schema: {small_task["schema"]}
+  max_new_tokens: 6
+  batch_size: 4
+  few_shot: {{k: 2}}
+  rag: {{knowledge: {EXAMPLE / "knowledge"}, top_k: 1}}
+  target: {{metric: json_valid, min: 0.5}}
+  bootstrap_resamples: 200
+  general: {{limit: 8, max_new_tokens: 4}}
+  api: [{{name: hosted, base_url: "{chat_server}", model: tiny, input_price: 0.15, output_price: 0.6}}]
+run: {{dir: {tmp_path / "runs"}}}
+""",
+        encoding="utf-8",
+    )
+    config = load_config(config_file)
+    trained = run_training(config, Console(width=160), track=False)
+    evaluation = RunFolder.create(
+        config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
+    )
+    console = Console(record=True, width=200)
+    ladder = run_ladder(config, evaluation, console, [trained.path])
+
+    names = [rung["name"] for rung in ladder["rungs"]]
+    assert names == ["zero-shot", "few-shot", "rag", trained.path.name, "hosted"]
+    assert ladder["task"]["examples"] == 6 and ladder["primary_metric"] == "json_valid"
+    for rung in ladder["rungs"]:
+        for scores in rung["metrics"].values():
+            assert scores["low"] <= scores["value"] <= scores["high"]
+        assert rung["latency"]["p95_seconds"] >= rung["latency"]["p50_seconds"] > 0
+        assert rung["cost"]["per_1000_requests"] > 0
+    zero, few, rag, tuned, hosted = ladder["rungs"]
+    assert few["tokens"]["prompt_mean"] > zero["tokens"]["prompt_mean"], "worked examples lengthen prompts"
+    assert rag["tokens"]["prompt_mean"] > zero["tokens"]["prompt_mean"]
+    assert tuned["training"]["train_seconds"] > 0 and tuned["cost"]["training_one_off"] > 0
+    assert [row["step"] for row in tuned["training"]["history"] if "loss" in row] == [1, 2]
+    assert tuned["general"]["probe_accuracy"] >= 0 and tuned["general"]["perplexity"] > 1
+    assert zero["general"]["delta_probe_accuracy"] == 0, "prompting leaves the weights alone"
+
+    # the hosted rung runs the same model greedily: the same answers as zero-shot, priced per token
+    predictions = {
+        name: [json.loads(line) for line in (evaluation.path / f"eval/{name}.jsonl").read_text().splitlines()]
+        for name in names
+    }
+    assert [p["output"] for p in predictions["hosted"]] == [p["output"] for p in predictions["zero-shot"]]
+    expected = (hosted["tokens"]["prompt_mean"] * 0.15 + hosted["tokens"]["completion_mean"] * 0.6) / 1000
+    assert hosted["cost"]["per_1000_requests"] == pytest.approx(expected, rel=1e-4)
+    assert all(len(rows) == 6 and "scores" in rows[0] for rows in predictions.values())
+    assert all(len(row["context"]) == 1 for row in predictions["rag"])
+
+    baseline = ladder["baseline"]
+    assert baseline in ("zero-shot", "few-shot", "rag")
+    for rung in ladder["rungs"]:
+        if rung["name"] == baseline:
+            assert rung["significance"] is None
+            continue
+        significance = rung["significance"]
+        assert significance["vs"] == baseline and 0 < significance["p_value"] <= 1
+        flips = rung["flips"]
+        assert flips["fixed_count"] == len(flips["fixed"]) and flips["broken_count"] == len(flips["broken"])
+    if ladder["recommendation"]["rung"] is not None:
+        assert ladder["recommendation"]["rung"] in names
+
+    assert json.loads((evaluation.path / "ladder.json").read_text()) == ladder
+    html = (evaluation.path / "report.html").read_text()
+    assert 'data-chart="metric"' in html and trained.path.name in html
+    artifacts = evaluation.manifest["artifacts"]
+    assert artifacts["ladder"] == "ladder.json" and artifacts["report"] == "report.html"
