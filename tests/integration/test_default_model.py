@@ -73,6 +73,7 @@ def test_sft_on_the_real_model_learns(adapter: str, tmp_path) -> None:
         "data.validation=null",
         "evaluate.limit=2",
         "evaluate.max_new_tokens=8",
+        "evaluate.general.limit=8",
         f"run.dir={tmp_path}",
         f"run.name={adapter}",
     ]
@@ -81,3 +82,6 @@ def test_sft_on_the_real_model_learns(adapter: str, tmp_path) -> None:
     losses = [row["loss"] for row in rows if "loss" in row]
     assert len(losses) == 6
     assert losses[-1] < 0.7 * losses[0], losses
+    ladder = json.loads((run.path / "ladder.json").read_text())
+    assert [rung["name"] for rung in ladder["rungs"]] == ["zero-shot", "few-shot", "rag", adapter]
+    assert all(rung["general"]["perplexity"] > 1 for rung in ladder["rungs"])

@@ -24,6 +24,7 @@ from hone.runs import RunFolder
 from hone.train.pipeline import run_training
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets"
+LM_EVAL_TASKS = Path(__file__).resolve().parents[1] / "assets" / "lm_eval"
 
 
 @pytest.fixture
@@ -78,7 +79,8 @@ evaluate:
   rag: {{knowledge: {EXAMPLE / "knowledge"}, top_k: 1}}
   target: {{metric: json_valid, min: 0.5}}
   bootstrap_resamples: 200
-  general: {{limit: 8, max_new_tokens: 4}}
+  general: {{limit: 8, max_new_tokens: 4, lm_eval_tasks: [hone_tiny_choice], lm_eval_include: {LM_EVAL_TASKS},
+            lm_eval_limit: 4}}
   api: [{{name: hosted, base_url: "{chat_server}", model: tiny, input_price: 0.15, output_price: 0.6}}]
 run: {{dir: {tmp_path / "runs"}}}
 """,
@@ -107,6 +109,9 @@ run: {{dir: {tmp_path / "runs"}}}
     assert [row["step"] for row in tuned["training"]["history"] if "loss" in row] == [1, 2]
     assert tuned["general"]["probe_accuracy"] >= 0 and tuned["general"]["perplexity"] > 1
     assert zero["general"]["delta_probe_accuracy"] == 0, "prompting leaves the weights alone"
+    # a local lm-evaluation-harness task, offline, before and after
+    assert 0 <= tuned["general"]["lm_eval"]["hone_tiny_choice"]["acc"] <= 1
+    assert zero["general"]["delta_lm_eval"]["hone_tiny_choice"]["acc"] == 0
 
     # the hosted rung runs the same model greedily: the same answers as zero-shot, priced per token
     predictions = {

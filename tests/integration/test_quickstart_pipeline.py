@@ -33,7 +33,8 @@ train:
   batch_size: 4
   eval_every: 2
   logging_steps: 1
-evaluate: {{json_schema: {small_task["schema"]}, max_new_tokens: 8, batch_size: 4}}
+evaluate: {{json_schema: {small_task["schema"]}, max_new_tokens: 8, batch_size: 4, few_shot: {{k: 2}},
+           general: {{limit: 8, max_new_tokens: 4}}}}
 run: {{name: tiny, dir: {tmp_path / "runs"}}}
 """,
         encoding="utf-8",
@@ -68,17 +69,22 @@ def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -
     assert any("eval_loss" in row for row in history)
 
     metrics = json.loads((run.path / "metrics.json").read_text())
-    assert metrics["base"]["count"] == metrics["fine-tuned"]["count"] == 6
     assert metrics["training"]["steps"] == 4
     assert metrics["training"]["trained_tokens"] > 0
-    for label in ("base", "fine-tuned"):
+    ladder = json.loads((run.path / "ladder.json").read_text())
+    # no knowledge base configured: the default ladder is zero-shot, few-shot and the run itself
+    assert [rung["name"] for rung in ladder["rungs"]] == ["zero-shot", "few-shot", "tiny"]
+    assert manifest["evaluation"]["recommendation"] == ladder["recommendation"]
+    assert manifest["metrics"]["exact_match"] == ladder["rungs"][2]["metrics"]["exact_match"]["value"]
+    for label in ("zero-shot", "few-shot", "tiny"):
         rows = [json.loads(line) for line in (run.path / "eval" / f"{label}.jsonl").read_text().splitlines()]
         assert len(rows) == 6 and all("output" in row and "reference" in row for row in rows)
+    assert (run.path / "report.html").is_file()
 
     assert "config.yaml" in manifest["artifacts"].values()
     assert "max_steps: 4" in (run.path / "config.yaml").read_text()
     shown = console.export_text()
-    assert "before and after fine-tuning" in shown and "exact_match" in shown
+    assert "The ladder on 6 test examples" in shown and "Recommendation:" in shown
 
 
 def test_prepared_dataset_trains_packed_and_records_its_version(
@@ -97,7 +103,7 @@ model: {{reference: "{tiny_model_dir}", max_length: 512}}
 data: {{dataset: {folder}}}
 train: {{adapter: {{kind: lora, r: 4}}, learning_rate: 1.0e-2, max_steps: 3, batch_size: 2, packing: true,
         logging_steps: 1}}
-evaluate: {{max_new_tokens: 4, batch_size: 4}}
+evaluate: {{max_new_tokens: 4, batch_size: 4, general: {{limit: 8}}}}
 run: {{name: packed, dir: {tmp_path / "runs"}}}
 """,
         encoding="utf-8",

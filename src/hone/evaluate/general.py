@@ -41,6 +41,7 @@ SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer briefly: give only the answer, in as few words as possible."
 )
 PERPLEXITY_WINDOW = 512
+PERPLEXITY_BATCH = 4
 
 # digits with optional thousands separators and decimals, not the tail of a word ("CO2" holds no number);
 # a unit may follow ("300km")
@@ -218,9 +219,10 @@ def perplexity(
 ) -> float:
     """exp(mean next-token loss) over the text cut into back-to-back windows of `window` tokens.
 
-    Windows do not overlap (stride = window), so each window's first token is context only. The window is
-    capped at the model's maximum length so the same text is scored the same way for every model of one
-    family.
+    Windows do not overlap (stride = window), so each window's first token is context only; the window is
+    capped at the model's maximum length. A base model and its fine-tunes share a tokenizer, so their
+    perplexities compare; models with different tokenizers do not. At most PERPLEXITY_BATCH windows go
+    through at once, because their logits (window x vocabulary floats each) are large.
     """
     window = min(window, int(getattr(model.config, "max_position_embeddings", window) or window))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -228,6 +230,7 @@ def perplexity(
     chunks = [chunk for chunk in chunks if len(chunk) > 1]
     if not chunks:
         raise HoneError("perplexity text is too short: it needs at least two tokens")
+    batch_size = max(1, min(batch_size, PERPLEXITY_BATCH))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     nll_sums: list[float] = []

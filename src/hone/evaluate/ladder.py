@@ -85,7 +85,7 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
     train: list[Example] = []
     if "few-shot" in settings.rungs:
         train = load_split(config.data.train, config.data.system_prompt, config.data.format)
-    if "rag" in settings.rungs and settings.rag.knowledge is None:
+    if "rag" in settings.rungs and settings.rag.knowledge is None and "rungs" in settings.model_fields_set:
         raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
     runs = [open_candidate(path) for path in candidates]
     spec = MetricSpec(
@@ -118,7 +118,7 @@ def run_ladder(
     base_general = prompting_rungs(inputs, rungs, console)
     if base_general is not None:
         for rung in rungs:  # prompting leaves the weights alone: the base's figures, unchanged
-            rung.general = general_delta(base_general, base_general)
+            rung.general = base_general.against(base_general)
     for candidate in inputs.candidates:
         rungs.append(fine_tuned_rung(inputs, candidate, base_general, console))
     for api in settings.api:
@@ -143,12 +143,12 @@ def run_ladder(
     return ladder
 
 
-def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -> GeneralResult | None:
+def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -> General | None:
     """Zero-shot, few-shot and RAG on the base model (loaded once), and the base's general check."""
     config, settings = inputs.config, inputs.config.evaluate
     model_path = resolve_model(config.model.reference)
     model, tokenizer = load_model(model_path), load_tokenizer(model_path)
-    for name in settings.rungs:
+    for name in prompting_rung_names(settings):
         if name == "zero-shot":
             prompt_rung = baselines.zero_shot(inputs.test)
         elif name == "few-shot":
@@ -177,8 +177,13 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
     return general
 
 
+def prompting_rung_names(settings: Any) -> list[str]:
+    """The configured prompting rungs; the default list leaves RAG out when there is no knowledge base."""
+    return [name for name in settings.rungs if name != "rag" or settings.rag.knowledge is not None]
+
+
 def fine_tuned_rung(
-    inputs: LadderInputs, candidate: FinishedRun, base_general: GeneralResult | None, console: Console
+    inputs: LadderInputs, candidate: FinishedRun, base_general: General | None, console: Console
 ) -> Rung:
     settings = inputs.config.evaluate
     model, tokenizer = trained_model(candidate)
@@ -188,8 +193,8 @@ def fine_tuned_rung(
     )
     general = None
     if base_general is not None:
-        general = general_delta(
-            base_general, measure_general(inputs.config, candidate.name, model, tokenizer, console)
+        general = measure_general(inputs.config, candidate.name, model, tokenizer, console).against(
+            base_general
         )
     release(model)
     manifest = candidate.manifest
@@ -206,14 +211,45 @@ def fine_tuned_rung(
     )
 
 
-def measure_general(
-    config: HoneConfig, label: str, model: Any, tokenizer: Any, console: Console
-) -> GeneralResult:
+@dataclass
+class General:
+    """The general-capability figures of one model: the shipped probes and, when asked, harness tasks."""
+
+    probes: GeneralResult
+    lm_eval: dict[str, dict[str, float]] | None = None
+
+    def against(self, base: General) -> dict[str, Any]:
+        """The ladder's `general` object: this model's figures and their change from the base."""
+        record = general_delta(base.probes, self.probes)
+        if self.lm_eval is not None and base.lm_eval is not None:
+            record["lm_eval"] = self.lm_eval
+            record["delta_lm_eval"] = {
+                task: {name: value - base.lm_eval[task].get(name, 0.0) for name, value in scores.items()}
+                for task, scores in self.lm_eval.items()
+            }
+        return record
+
+
+def measure_general(config: HoneConfig, label: str, model: Any, tokenizer: Any, console: Console) -> General:
     settings = config.evaluate.general
     console.print(f"  general-capability check of the {label}")
-    return general_check(
+    probes = general_check(
         model, tokenizer, config.evaluate.batch_size, settings.max_new_tokens, settings.limit
     )
+    if not settings.lm_eval_tasks:
+        return General(probes)
+    from hone.evaluate.lm_eval import run_lm_eval
+
+    console.print(f"  lm-evaluation-harness: {', '.join(settings.lm_eval_tasks)}")
+    scores = run_lm_eval(
+        model,
+        tokenizer,
+        settings.lm_eval_tasks,
+        settings.lm_eval_include,
+        settings.lm_eval_limit,
+        config.evaluate.batch_size,
+    )
+    return General(probes, scores)
 
 
 def release(model: Any) -> None:

@@ -14,20 +14,19 @@ def rung_table(ladder: dict[str, Any]) -> Table:
     title = f"The ladder on {ladder['task']['examples']} test examples ({metric}"
     title += f", bar {target['min']:g})" if target else ")"
     table = Table(title=title)
-    for column in ("rung", metric, "95% CI", f"vs {ladder['baseline']}", "general", "p50 s", "p95 s"):
-        table.add_column(column, justify="left" if column == "rung" else "right")
-    for column in ("prompt tok", "cost / 1k req", "training"):
+    table.add_column("rung", no_wrap=True)
+    for column in (f"{metric} [95% CI]", f"vs {ladder['baseline']}", "general", "p50/p95 s"):
+        table.add_column(column, justify="right")
+    for column in ("prompt tok", "$ / 1k req", "training $"):
         table.add_column(column, justify="right")
     for rung in ladder["rungs"]:
         scores = rung["metrics"][metric]
         table.add_row(
             rung["name"],
-            f"{scores['value']:.3f}",
-            f"{scores['low']:.3f}-{scores['high']:.3f}",
+            f"{scores['value']:.3f} [{scores['low']:.2f}, {scores['high']:.2f}]",
             versus(rung.get("significance")),
             general_change(rung.get("general")),
-            f"{rung['latency']['p50_seconds']:.2f}",
-            f"{rung['latency']['p95_seconds']:.2f}",
+            f"{rung['latency']['p50_seconds']:.1f}/{rung['latency']['p95_seconds']:.1f}",
             f"{rung['tokens']['prompt_mean']:.0f}",
             money(rung["cost"]["per_1000_requests"]),
             money(rung["cost"]["training_one_off"]) if rung["cost"]["training_one_off"] else "-",
@@ -54,7 +53,7 @@ def versus(significance: dict[str, Any] | None) -> str:
     if not significance:
         return "baseline"
     marker = " *" if significance["significant"] else ""
-    return f"{significance['delta']:+.3f} (p {significance['p_value']:.3f}){marker}"
+    return f"{significance['delta']:+.3f} p={significance['p_value']:.3f}{marker}"
 
 
 def general_change(general: dict[str, Any] | None) -> str:
@@ -66,7 +65,7 @@ def general_change(general: dict[str, Any] | None) -> str:
 def money(value: float) -> str:
     if value == float("inf"):
         return "-"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    return f"{value:.4f}" if value < 1 else f"{value:,.2f}"
 
 
 def show_ladder(ladder: dict[str, Any], console: Console) -> None:

@@ -67,6 +67,14 @@ def test_missing_include_folder_is_a_hone_error(tiny_model, tokenizer, tmp_path:
         run_lm_eval(tiny_model, tokenizer, [TASK], include_path=tmp_path / "absent", limit=2, batch_size=2)
 
 
+def test_missing_local_data_is_a_hone_error(tiny_model, tokenizer, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    shutil.copytree(ASSETS, tasks)
+    (tasks / f"{TASK}.jsonl").unlink()
+    with pytest.raises(HoneError, match="could not load the data"):
+        run_lm_eval(tiny_model, tokenizer, [TASK], include_path=tasks, limit=2, batch_size=2)
+
+
 def test_missing_harness_names_the_extra(tiny_model, tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # what `import lm_eval` meets when it is not installed
     with pytest.raises(HoneError, match=r"pip install 'hone\[lmeval\]'"):
