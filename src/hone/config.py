@@ -239,7 +239,9 @@ class CostSettings(Strict):
 
 class GeneralSettings(Strict):
     enabled: bool = Field(True, description="Check general capability (forgetting) of fine-tuned rungs.")
-    limit: int | None = Field(None, ge=1, description="Use N probes of the shipped set, taking the four categories in turn.")
+    limit: int | None = Field(
+        None, ge=1, description="Use N probes of the shipped set, taking the four categories in turn."
+    )
     max_new_tokens: int = Field(32, ge=1, description="Longest answer to a probe question.")
     lm_eval_tasks: list[str] = Field(
         default_factory=list,

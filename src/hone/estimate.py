@@ -1,8 +1,9 @@
 """`hone estimate`'s arithmetic: time, memory and money of a fine-tuning run before any compute is spent.
 
-Every function here is pure arithmetic on stated assumptions (docs/estimate.md lists them), with its
-formula in its docstring. It takes a `ModelShape` and a `Hardware`; reading a model's config, measuring
-this machine and counting a data file's tokens happen in `hone.estimate_report`.
+Every function here is pure arithmetic on stated assumptions (the README section "Estimate before
+training" lists them), with its formula in its docstring. It takes a `ModelShape` and a `Hardware`;
+reading a model's config, measuring this machine and counting a data file's tokens happen in
+`hone.estimate_report`.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def count_data_tokens(path: Path, reference: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EstimateOptions:
-    """What `hone estimate` was asked; every default is documented in docs/estimate.md."""
+    """What `hone estimate` was asked; the README's "Estimate before training" documents every default."""
 
     model: str = "smollm2-135m-instruct"
     methods: tuple[str, ...] = METHODS
