@@ -11,8 +11,14 @@ never through the training code's internals. Layout:
       checkpoints/      checkpoint-<step>/ for --resume; only those holding hone-complete.json are used
       tensorboard/      live TensorBoard events, when train.report_to asks for them
       export/           merged/ and gguf-<quant>/ written by `hone export`, each with export.json
-      metrics.json      evaluation results
-      eval/<label>.jsonl  per-example predictions of each evaluated model
+      metrics.json      training summary (steps, losses, tokens/s, precision)
+      ladder.json       the decision ladder: every rung's metrics, intervals, significance, cost, verdict
+      report.html       the ladder as a self-contained page with charts
+      eval/<rung>.jsonl   per-example predictions and scores of each rung
+
+An evaluation run (`hone evaluate`, manifest `kind: evaluation`) holds config.yaml, manifest.json,
+ladder.json, report.html and eval/; a training run (`kind: training`) the rest, and the ladder too when the
+quickstart evaluated it.
 
 The manifest is rewritten atomically at every stage, so its `status` (running, completed, failed) is
 always true to what is on disk.
