@@ -54,3 +54,45 @@ def test_quickstart_with_bad_data_exits_2_and_writes_nothing(tmp_path: Path) -> 
     assert f"{tmp_path / 'train.jsonl'} line 1: messages[0].role: role 'bot'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def ladder_config(tmp_path: Path, model: Path, task: dict[str, Path], extra: str = "") -> Path:
+    config = tmp_path / "ladder.yaml"
+    config.write_text(
+        f"# hone evaluate -c {config}\n"
+        f'model: {{reference: "{model}"}}\n'
+        f"data: {{train: {task['train']}, test: {task['test']}}}\n"
+        f"evaluate: {{json_schema: {task['schema']}, max_new_tokens: 4, batch_size: 8, few_shot: {{k: 2}}{extra}}}\n"
+        f"run: {{dir: {tmp_path / 'runs'}, name: ladder}}\n"
+    )
+    return config
+
+
+def test_evaluate_json_prints_the_ladder(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    import json
+
+    result = hone("evaluate", "-c", str(ladder_config(tmp_path, tiny_model_dir, small_task)), "--json")
+    assert result.returncode == 0, result.stderr
+    ladder = json.loads(result.stdout)  # stdout holds the JSON alone; progress went to stderr
+    assert [rung["name"] for rung in ladder["rungs"]] == ["zero-shot", "few-shot"]
+    assert ladder["recommendation"]["rung"] in ("zero-shot", "few-shot")
+    manifest = json.loads((tmp_path / "runs" / "ladder" / "manifest.json").read_text())
+    assert manifest["kind"] == "evaluation" and manifest["status"] == "completed"
+    assert (tmp_path / "runs" / "ladder" / "report.html").is_file()
+
+
+def test_evaluate_bad_input_exits_2_before_any_run_folder(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    config = ladder_config(tmp_path, tiny_model_dir, small_task, ", target: {metric: bleu, min: 10}")
+    not_a_run = tmp_path / "nothing"
+    not_a_run.mkdir()
+    result = hone("evaluate", "-c", str(config), "--candidate", str(not_a_run))
+    assert result.returncode == 2
+    assert f"{not_a_run}: not a run folder (no manifest.json)" in result.stderr
+    assert not (tmp_path / "runs").exists()
+    unknown_metric = hone("evaluate", "-c", str(config))
+    assert unknown_metric.returncode == 2
+    assert "evaluate.target.metric: 'bleu' is not among this task's metrics" in unknown_metric.stderr

@@ -31,7 +31,15 @@ from hone.errors import HoneError
 from hone.evaluate import baselines, cost
 from hone.evaluate.api import answer_with_api
 from hone.evaluate.general import GeneralResult, general_check, general_delta
-from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples
+from hone.evaluate.metrics import (
+    ExampleScores,
+    MetricSpec,
+    load_scorer,
+    parse_json_object,
+    resolve_metric_names,
+    score_examples,
+    task_fields,
+)
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
@@ -96,7 +104,26 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
         scorer_name=settings.scorer,
     )
     references = [e.messages[-1]["content"] for e in test]
+    check_metric_names(settings, spec, references)
     return LadderInputs(config, test, train, references, spec, runs)
+
+
+def check_metric_names(settings: Any, spec: MetricSpec, references: list[str]) -> None:
+    """The metrics the task will report, and the primary and target metrics among them, before any work."""
+    objects = [parse_json_object(reference) for reference in references]
+    json_task = bool(objects) and all(obj is not None for obj in objects)
+    fields = task_fields(spec.json_schema, [obj for obj in objects if obj is not None]) if json_task else []
+    try:
+        names = resolve_metric_names(spec, json_task, fields)
+    except HoneError as exc:
+        raise HoneError(f"evaluate.metrics: {exc}") from None
+    checks = [(settings.target.metric, "evaluate.target.metric")] if settings.target else []
+    if settings.primary_metric:
+        checks.append((settings.primary_metric, "evaluate.primary_metric"))
+    checks.append((settings.resolved_primary_metric(), "evaluate.primary_metric (default exact_match)"))
+    for metric, where in checks:
+        if metric not in names:
+            raise HoneError(f"{where}: {metric!r} is not among this task's metrics: {', '.join(names)}")
 
 
 def open_candidate(path: Path) -> FinishedRun:
@@ -283,14 +310,7 @@ def training_record(candidate: FinishedRun) -> dict[str, Any]:
 def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
     """Statistics, costs and the recommendation over the measured rungs: the ladder.json object."""
     settings = inputs.config.evaluate
-    names = rungs[0].scores.names if rungs and rungs[0].scores else []
     primary = settings.resolved_primary_metric()
-    for metric, where in (
-        (primary, "evaluate.primary_metric"),
-        *([(settings.target.metric, "evaluate.target.metric")] if settings.target else []),
-    ):
-        if metric not in names:
-            raise HoneError(f"{where}: {metric!r} is not among this task's metrics: {', '.join(names)}")
     n = len(inputs.test)
     values = {r.name: r.scores.value(primary) for r in rungs if r.scores}
     prompting = [r for r in rungs if r.kind == "prompting"] or rungs
