@@ -18,7 +18,7 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 use_cpu=True, so that is set there (its error message asks for it).
   trl-tuned     the same trainer tuned by hand for the machine: fp32 weights and compute on CPU (bf16
                 matmuls are ~15x slower on CPUs without AVX512-BF16 or AMX; on CPUs with them compare the
-                trl-tuned+bf16 variant), bf16 weights and autocast on CUDA;
+                trl-tuned+bf16 and hone+bf16 variants), bf16 weights and autocast on CUDA;
                 gradient checkpointing off; assistant_only_loss=True through hone's training chat template
                 ({% generation %} markers, renders byte-identically to the model's own). Layout:
                 padding_free on CUDA; padded on CPU, because without a varlen attention kernel the flattened
@@ -37,7 +37,9 @@ mean cross-entropy over the assistant tokens of the validation split, computed h
 same way for every configuration (fp32 on CPU, bf16 autocast on CUDA). Ratios are hone's trained tokens/s
 over each other configuration's. On a CPU without native bf16, bf16 configurations run --steps-defaults
 steps (3 unless given): compare their tokens/s, and their loss only as after fewer steps. Packed variants
-(--configs, see VARIANTS) put more examples in a step: compare their tokens/s, not their loss.
+(--configs, see VARIANTS) put more examples in a step: compare their tokens/s, not their loss. On a shared
+machine, --threads 1 keeps other jobs from stalling every multi-threaded kernel; the numbers are then
+single-core ones.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class StepMeter(TrainerCallback):
             "attention": getattr(model.config, "_attn_implementation", None),
             "logging_steps": args.logging_steps,
             "optimizer": str(getattr(args.optim, "value", args.optim)),
+            "threads": torch.get_num_threads(),
         }
         self.step_ends.append(time.perf_counter())
 
@@ -344,6 +347,8 @@ def child(spec: dict[str, Any]) -> None:
     from hone.data.load import load_split
     from hone.models.resolve import load_tokenizer
 
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     recipe = RECIPES[spec["name"]]
     meter = StepMeter(spec["device"])
     began = time.perf_counter()
@@ -450,6 +455,15 @@ def markdown(medians: dict[str, Any], ratios: dict[str, float], on: str) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine(on: str) -> dict[str, Any]:
     import peft
     import transformers
@@ -457,7 +471,8 @@ def machine(on: str) -> dict[str, Any]:
 
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if on == "cuda" else "cpu",
@@ -471,7 +486,9 @@ def machine(on: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct", help="any hone model reference")
     parser.add_argument(
         "--steps", type=int, default=10, help="optimizer steps per run (the first is warm-up)"
@@ -481,10 +498,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds; odd rounds run the order reversed")
     parser.add_argument("--batch-size", type=int, default=8, help="examples (or packed rows) per step")
-    parser.add_argument("--configs", nargs="+", default=MAIN, choices=list(RECIPES), metavar="NAME")
+    names = ", ".join(RECIPES)
+    parser.add_argument(
+        "--configs", nargs="+", default=MAIN, choices=list(RECIPES), metavar="NAME", help=names
+    )
     parser.add_argument("--train", type=Path, default=TASK / "train.jsonl")
     parser.add_argument("--validation", type=Path, default=TASK / "validation.jsonl")
     parser.add_argument("--val-examples", type=int, default=None, help="first N validation examples (all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -493,6 +514,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     on = device()
     slow_bf16 = on == "cpu" and not cpu_has_native_bf16()
     slow_steps = min(args.steps, args.steps_defaults) if slow_bf16 else args.steps
+    if slow_steps < 2:
+        parser.error("every run needs at least 2 steps: the first is warm-up and is not timed")
     base = {
         "model_path": str(resolve_model(args.model)),
         "device": on,
@@ -500,6 +523,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train": str(args.train.resolve()),
         "validation": str(args.validation.resolve()),
         "val_examples": args.val_examples,
+        "threads": args.threads,
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.configs}
     order: list[str] = []
@@ -529,7 +553,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "steps": args.steps,
             "steps_bf16": slow_steps,
-            "cpu_native_bf16": on == "cpu" and cpu_has_native_bf16(),
             "rounds": args.rounds,
             "lora": LORA,
             "learning_rate": LEARNING_RATE,

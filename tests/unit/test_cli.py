@@ -62,7 +62,8 @@ def ladder_config(tmp_path: Path, model: Path, task: dict[str, Path], extra: str
         f"# hone evaluate -c {config}\n"
         f'model: {{reference: "{model}"}}\n'
         f"data: {{train: {task['train']}, test: {task['test']}}}\n"
-        f"evaluate: {{json_schema: {task['schema']}, max_new_tokens: 4, batch_size: 8, few_shot: {{k: 2}}{extra}}}\n"
+        f"evaluate: {{json_schema: {task['schema']}, max_new_tokens: 4, batch_size: 8, "
+        f"few_shot: {{k: 2}}{extra}}}\n"
         f"run: {{dir: {tmp_path / 'runs'}, name: ladder}}\n"
     )
     return config
