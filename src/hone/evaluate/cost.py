@@ -89,7 +89,7 @@ def recommend(
         reason += f"; also meeting the bar but costlier: {', '.join(others)}"
     if short:
         reason += f"; below the bar: {', '.join(short)}"
-    return {"rung": chosen["name"], "met_target": True, "reason": reason}
+    return {"rung": chosen["name"], "met_target": True, "reason": reason + forgetting_note(chosen)}
 
 
 def recommend_without_bar(
@@ -120,8 +120,25 @@ def recommend_without_bar(
         "reason": (
             f"no target set; the best rung on {metric}: {value:.3f} ({interval(best, metric)}){detail}, "
             f"${total_cost(best, requests):,.2f} for {requests:,} requests{training_note(best)}"
+            f"{forgetting_note(best)}"
         ),
     }
+
+
+FORGETTING = 0.05  # a drop in general probe accuracy larger than this is called out
+
+
+def forgetting_note(rung: dict[str, Any]) -> str:
+    """A warning when the chosen rung lost general capability: the task bar alone does not see it."""
+    general = rung.get("general")
+    if not general or general["delta_probe_accuracy"] > -FORGETTING:
+        return ""
+    before = general["probe_accuracy"] - general["delta_probe_accuracy"]
+    return (
+        f". Note: its general-capability probe accuracy fell from {before:.2f} to "
+        f"{general['probe_accuracy']:.2f} (perplexity {general['delta_perplexity']:+.1f}): it forgot; "
+        "if it must stay a general assistant, lower the learning rate or rank, or mix general data in"
+    )
 
 
 def interval(rung: dict[str, Any], metric: str) -> str:

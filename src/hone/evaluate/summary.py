@@ -53,7 +53,9 @@ def versus(significance: dict[str, Any] | None) -> str:
     if not significance:
         return "baseline"
     marker = " *" if significance["significant"] else ""
-    return f"{significance['delta']:+.3f} p={significance['p_value']:.3f}{marker}"
+    p_value = significance["p_value"]
+    shown = "p<0.001" if p_value <= 0.001 else f"p={p_value:.3f}"
+    return f"{significance['delta']:+.3f} {shown}{marker}"
 
 
 def general_change(general: dict[str, Any] | None) -> str:

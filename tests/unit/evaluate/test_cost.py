@@ -69,3 +69,16 @@ def test_without_a_bar_an_insignificant_fine_tune_loses_to_prompting() -> None:
     clear = {"delta": 0.07, "p_value": 0.001, "significant": True}
     ladder[2] = rung("lora", "fine-tuned", 0.89, 0.01, 3.0, significance=clear)
     assert cost.recommend(ladder, "exact_match", None, "few-shot", 1_000_000)["rung"] == "lora"
+
+
+def test_the_verdict_calls_out_forgetting() -> None:
+    forgot = rung("lora", "fine-tuned", 0.89, 0.01, training=3.0)
+    forgot["general"] = {"probe_accuracy": 0.21, "delta_probe_accuracy": -0.25, "delta_perplexity": 3.6}
+    chosen = cost.recommend(
+        [*LADDER[:2], forgot], "exact_match", {"metric": "exact_match", "min": 0.8}, "", 10**6
+    )
+    assert chosen["rung"] == "lora"
+    assert "probe accuracy fell from 0.46 to 0.21 (perplexity +3.6): it forgot" in chosen["reason"]
+    kept = rung("lora", "fine-tuned", 0.89, 0.01, training=3.0)
+    kept["general"] = {"probe_accuracy": 0.45, "delta_probe_accuracy": -0.01, "delta_perplexity": 0.1}
+    assert "forgot" not in cost.recommend([kept], "exact_match", None, "lora", 10**6)["reason"]
