@@ -251,6 +251,16 @@ class GeneralSettings(Strict):
     lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm-evaluation-harness task.")
 
 
+class JudgeSettings(Strict):
+    model: str = Field(description="The judge: a model reference or a completed run folder.")
+    rubric: str = Field(
+        "Score how well the answer does what the question asks, with the reference answer as the standard.",
+        description="What the judge grades on; it replies with a score from 1 to max_score.",
+    )
+    max_score: int = Field(5, ge=2, le=100, description="Top of the score scale (the bottom is 1).")
+    max_new_tokens: int = Field(8, ge=1, description="Longest judge reply.")
+
+
 class ApiRung(Strict):
     name: str = Field(description="The rung's name in the ladder.")
     base_url: str = Field(description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
@@ -287,6 +297,9 @@ class EvaluateConfig(Strict):
         default_factory=list, description="Fine-tuned run folders evaluated as rungs of the ladder."
     )
     api: list[ApiRung] = Field(default_factory=list, description="Hosted models (OpenAI-compatible APIs).")
+    judge: JudgeSettings | None = Field(
+        None, description="LLM-as-judge: adds the `judge` metric (score / max_score per example)."
+    )
     target: TargetSettings | None = Field(
         None, description="The bar: the recommendation is the cheapest rung that meets it."
     )

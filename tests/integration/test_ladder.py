@@ -81,6 +81,7 @@ evaluate:
   bootstrap_resamples: 200
   general: {{limit: 8, max_new_tokens: 4, lm_eval_tasks: [hone_tiny_choice], lm_eval_include: {LM_EVAL_TASKS},
             lm_eval_limit: 4}}
+  judge: {{model: "{tiny_model_dir}", max_score: 5}}
   api: [{{name: hosted, base_url: "{chat_server}", model: tiny, input_price: 0.15, output_price: 0.6}}]
 run: {{dir: {tmp_path / "runs"}}}
 """,
@@ -109,6 +110,9 @@ run: {{dir: {tmp_path / "runs"}}}
     assert [row["step"] for row in tuned["training"]["history"] if "loss" in row] == [1, 2]
     assert tuned["general"]["probe_accuracy"] >= 0 and tuned["general"]["perplexity"] > 1
     assert zero["general"]["delta_probe_accuracy"] == 0, "prompting leaves the weights alone"
+    # the judge (the tiny model itself) graded every rung: a score per example, unusable replies counted
+    for rung in ladder["rungs"]:
+        assert 0 <= rung["metrics"]["judge"]["value"] <= 1 and 0 <= rung["judge_unparsed"] <= 6
     # a local lm-evaluation-harness task, offline, before and after
     assert 0 <= tuned["general"]["lm_eval"]["hone_tiny_choice"]["acc"] <= 1
     assert zero["general"]["delta_lm_eval"]["hone_tiny_choice"]["acc"] == 0

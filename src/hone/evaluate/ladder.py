@@ -69,6 +69,7 @@ class Rung:
     training: dict[str, Any] | None = None
     context: list[list[str]] = field(default_factory=list)
     prices: tuple[float, float] | None = None  # API rungs: USD per million prompt / completion tokens
+    judge_unparsed: int | None = None  # judge replies without a usable score
 
 
 @dataclass
@@ -117,6 +118,8 @@ def check_metric_names(settings: Any, spec: MetricSpec, references: list[str]) -
         names = resolve_metric_names(spec, json_task, fields)
     except HoneError as exc:
         raise HoneError(f"evaluate.metrics: {exc}") from None
+    if settings.judge is not None:
+        names.append("judge")
     checks = [(settings.target.metric, "evaluate.target.metric")] if settings.target else []
     if settings.primary_metric:
         checks.append((settings.primary_metric, "evaluate.primary_metric"))
@@ -165,9 +168,26 @@ def run_ladder(
         )
     for rung in rungs:
         rung.scores = score_examples(rung.answers.outputs, inputs.references, inputs.spec)
+    if settings.judge is not None:
+        add_judge_scores(inputs, rungs, console)
     ladder = assemble(inputs, rungs)
     write_ladder(run, ladder, rungs, inputs)
     return ladder
+
+
+def add_judge_scores(inputs: LadderInputs, rungs: list[Rung], console: Console) -> None:
+    """The `judge` metric on every rung, from one judge model loaded once."""
+    from hone.evaluate.judge import judge_rungs
+
+    settings = inputs.config.evaluate
+    assert settings.judge is not None
+    questions = [baselines.query_text(prompt_messages(e.messages)) for e in inputs.test]
+    outputs = {rung.name: rung.answers.outputs for rung in rungs}
+    judged = judge_rungs(settings.judge, questions, inputs.references, outputs, settings.batch_size, console)
+    for rung in rungs:
+        assert rung.scores is not None
+        rung.scores.per_example["judge"], rung.judge_unparsed = judged[rung.name]
+        rung.scores.names.append("judge")
 
 
 def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -> General | None:
@@ -368,6 +388,7 @@ def rung_record(inputs: LadderInputs, rung: Rung, baseline: Rung, primary: str, 
         "tokens": tokens,
         "cost": cost_record(settings, rung, timing, tokens),
         "training": rung.training,
+        **({"judge_unparsed": rung.judge_unparsed} if rung.judge_unparsed is not None else {}),
     }
 
 
