@@ -134,7 +134,7 @@ def seconds(value: float | None) -> str:
 def p_value(value: float | None) -> str:
     if value is None:
         return ""
-    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
+    return "p ≤ 0.001" if value <= 0.001 else f"p = {value:.3f}"
 
 
 def task_name(ladder: dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ def versus(significance: dict[str, Any] | None) -> str:
         return "baseline"
     marker = " *" if significance["significant"] else ""
     p_value = significance["p_value"]
-    shown = "p<0.001" if p_value <= 0.001 else f"p={p_value:.3f}"
+    shown = "p≤0.001" if p_value <= 0.001 else f"p={p_value:.3f}"
     return f"{significance['delta']:+.3f} {shown}{marker}"
 
 

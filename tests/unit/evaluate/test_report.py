@@ -99,7 +99,7 @@ def test_sample_ladder_renders_every_section(ladder: dict[str, Any]) -> None:
     assert "exact_match \u2265 0.80" in html and escape(ladder["recommendation"]["reason"]) in html
     assert "meets the target" in html and "lora-quickstart vs few-shot" in html
     assert "Fixed: 124 (3 shown)" in html and "Broken: 2</h4>" in html
-    assert "+0.813" in html and "p &lt; 0.001" in html and "not significant" in html  # rag vs few-shot
+    assert "+0.813" in html and "p ≤ 0.001" in html and "not significant" in html  # rag vs few-shot
     assert "$0.00989" in html and "$0.0169" in html and "0.36 s" in html
     assert set(charts_of(html)) == set(CHARTS)
 
@@ -189,7 +189,7 @@ def test_formatting() -> None:
         "$0.0217",
         "$1,234.50",
     ]
-    assert [p_value(v) for v in (0.0002, 0.7125, None)] == ["p < 0.001", "p = 0.713", ""]
+    assert [p_value(v) for v in (0.0002, 0.7125, None)] == ["p ≤ 0.001", "p = 0.713", ""]
     assert signed(-0.0133) == "\u22120.013" and signed(0.8133) == "+0.813"
     assert task_name({"task": {"test": "examples/support-tickets/test.jsonl"}}) == "support-tickets"
     assert task_name({"task": {"test": "data/held_out.jsonl"}}) == "held_out"
