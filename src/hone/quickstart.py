@@ -14,22 +14,22 @@ from rich.console import Console
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
-from hone.evaluate.ladder import prepare, run_ladder
+from hone.evaluate.ladder import open_candidate, prepare, run_ladder
 from hone.evaluate.summary import show_ladder
 from hone.runs import RunFolder
 from hone.track import track_completed
-from hone.train.pipeline import load_training_splits, run_training
+from hone.train.pipeline import run_training
 
 
 def run_quickstart(config: HoneConfig, console: Console) -> RunFolder:
     began = time.perf_counter()
     if config.data.test is None:
         raise HoneError("data.test: the quickstart needs a held-out test split to compare the rungs on")
-    load_training_splits(config)  # every data problem before anything is written
-    prepare(config, [])  # and the evaluation's inputs, before any training time is spent
+    inputs = prepare(config, [])  # the evaluation's inputs are checked before any training time is spent
     run = run_training(config, console, track=False)
     try:
-        ladder = run_ladder(config, run, console, [run.path])
+        inputs.candidates.append(open_candidate(run.path))
+        ladder = run_ladder(inputs, run, console)
     except BaseException as exc:
         run.update(evaluation={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from hone.config import load_config
 from hone.evaluate.generate import generate_chat
-from hone.evaluate.ladder import run_ladder
+from hone.evaluate.ladder import prepare, run_ladder
 from hone.models.resolve import load_model, load_tokenizer
 from hone.runs import RunFolder
 from hone.train.pipeline import run_training
@@ -93,7 +93,7 @@ run: {{dir: {tmp_path / "runs"}}}
         config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
     )
     console = Console(record=True, width=200)
-    ladder = run_ladder(config, evaluation, console, [trained.path])
+    ladder = run_ladder(prepare(config, [trained.path]), evaluation, console)
 
     names = [rung["name"] for rung in ladder["rungs"]]
     assert names == ["zero-shot", "few-shot", "rag", trained.path.name, "hosted"]

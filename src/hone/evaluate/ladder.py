@@ -61,7 +61,6 @@ class Rung:
     kind: str  # prompting, fine-tuned or api
     description: str
     model: str
-    prompts: list[list[dict[str, Any]]]
     answers: Answers
     batch_size: int
     scores: ExampleScores | None = None
@@ -87,13 +86,13 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
     settings = config.evaluate
     if config.data.test is None:
         raise HoneError("data.test: the ladder needs a frozen held-out test split")
+    train: list[Example] = []
+    if "few-shot" in settings.rungs:
+        train = load_split(config.data.train, config.data.system_prompt, config.data.format)
     test = load_split(config.data.test, config.data.system_prompt, config.data.format)
     require_kind(test, "chat", "evaluate")
     if settings.limit:
         test = test[: settings.limit]
-    train: list[Example] = []
-    if "few-shot" in settings.rungs:
-        train = load_split(config.data.train, config.data.system_prompt, config.data.format)
     if "rag" in settings.rungs and settings.rag.knowledge is None and "rungs" in settings.model_fields_set:
         raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
     runs = [open_candidate(path) for path in candidates]
@@ -138,12 +137,9 @@ def open_candidate(path: Path) -> FinishedRun:
     return run
 
 
-def run_ladder(
-    config: HoneConfig, run: RunFolder, console: Console, candidates: list[Path]
-) -> dict[str, Any]:
+def run_ladder(inputs: LadderInputs, run: RunFolder, console: Console) -> dict[str, Any]:
     """Evaluate every rung, write ladder.json, report.html and predictions into `run`; return the ladder."""
-    inputs = prepare(config, candidates)
-    settings = config.evaluate
+    settings = inputs.config.evaluate
     rungs: list[Rung] = []
     base_general = prompting_rungs(inputs, rungs, console)
     if base_general is not None:
@@ -160,7 +156,6 @@ def run_ladder(
                 "api",
                 f"{api.model} at {api.base_url}",
                 api.model,
-                prompts,
                 answers,
                 1,
                 prices=(api.input_price, api.output_price),
@@ -211,7 +206,6 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
                 "prompting",
                 prompt_rung.description,
                 config.model.reference,
-                prompt_rung.prompts,
                 answers,
                 settings.batch_size,
                 context=prompt_rung.context,
@@ -220,7 +214,8 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
     general = None
     if inputs.candidates and settings.general.enabled:
         general = measure_general(config, "base model", model, tokenizer, console)
-    release(model)
+    del model  # the base leaves memory before a candidate is loaded
+    gc.collect()
     return general
 
 
@@ -243,14 +238,14 @@ def fine_tuned_rung(
         general = measure_general(inputs.config, candidate.name, model, tokenizer, console).against(
             base_general
         )
-    release(model)
+    del model
+    gc.collect()
     manifest = candidate.manifest
     return Rung(
         candidate.name,
         "fine-tuned",
         f"{candidate.method} {candidate.kind} on {manifest.get('base_model', {}).get('reference')}",
         str(candidate.path),
-        prompts,
         answers,
         settings.batch_size,
         general=general,
@@ -297,11 +292,6 @@ def measure_general(config: HoneConfig, label: str, model: Any, tokenizer: Any, 
         config.evaluate.batch_size,
     )
     return General(probes, scores)
-
-
-def release(model: Any) -> None:
-    del model
-    gc.collect()
 
 
 def training_record(candidate: FinishedRun) -> dict[str, Any]:
@@ -486,11 +476,11 @@ def run_evaluation(
 ) -> tuple[RunFolder, dict[str, Any]]:
     """`hone evaluate`: the ladder in a new evaluation run folder (runs/evaluate-<time> by default)."""
     every = [*config.evaluate.candidates, *candidates]
-    prepare(config, every)  # bad input fails here, before a run folder exists
+    inputs = prepare(config, every)  # bad input fails here, before a run folder exists
     run = RunFolder.create(config, "evaluation")
     console.print(f"[bold]Run folder[/] {run.path}")
     try:
-        ladder = run_ladder(config, run, console, every)
+        ladder = run_ladder(inputs, run, console)
     except BaseException as exc:
         run.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
