@@ -31,15 +31,7 @@ from hone.errors import HoneError
 from hone.evaluate import baselines, cost
 from hone.evaluate.api import answer_with_api
 from hone.evaluate.general import GeneralResult, general_check, general_delta
-from hone.evaluate.metrics import (
-    ExampleScores,
-    MetricSpec,
-    load_scorer,
-    parse_json_object,
-    resolve_metric_names,
-    score_examples,
-    task_fields,
-)
+from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
@@ -110,11 +102,8 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
 
 def check_metric_names(settings: Any, spec: MetricSpec, references: list[str]) -> None:
     """The metrics the task will report, and the primary and target metrics among them, before any work."""
-    objects = [parse_json_object(reference) for reference in references]
-    json_task = bool(objects) and all(obj is not None for obj in objects)
-    fields = task_fields(spec.json_schema, [obj for obj in objects if obj is not None]) if json_task else []
     try:
-        names = resolve_metric_names(spec, json_task, fields)
+        names = task_metric_names(references, spec)
     except HoneError as exc:
         raise HoneError(f"evaluate.metrics: {exc}") from None
     if settings.judge is not None:

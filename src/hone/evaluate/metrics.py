@@ -450,6 +450,21 @@ class _Context:
     fields: list[str]
 
 
+def reference_objects(references: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The references as JSON objects when every one of them is one (a JSON task), else None."""
+    parsed = [parse_json_object(reference) for reference in references]
+    if not parsed or any(obj is None for obj in parsed):
+        return None
+    return [obj for obj in parsed if obj is not None]
+
+
+def task_metric_names(references: Sequence[str], spec: MetricSpec) -> list[str]:
+    """The metrics `score_examples` will report for these references, known before any reply exists."""
+    objects = reference_objects(references)
+    fields = task_fields(spec.json_schema, objects) if objects is not None else []
+    return resolve_metric_names(spec, objects is not None, fields)
+
+
 def score_examples(outputs: Sequence[str], references: Sequence[str], spec: MetricSpec) -> ExampleScores:
     """Score every reply against its reference with the metrics the spec asks for (or the default).
 
@@ -458,9 +473,9 @@ def score_examples(outputs: Sequence[str], references: Sequence[str], spec: Metr
     """
     if len(outputs) != len(references):
         raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
-    parsed_refs = [parse_json_object(reference) for reference in references]
-    json_task = bool(references) and all(ref is not None for ref in parsed_refs)
-    objects = [ref for ref in parsed_refs if ref is not None] if json_task else []
+    parsed = reference_objects(references)
+    json_task = parsed is not None
+    objects = parsed or []
     fields = task_fields(spec.json_schema, objects) if json_task else []
     names = resolve_metric_names(spec, json_task, fields)
     context = _Context(outputs, references, spec, [parse_json_object(o) for o in outputs], objects, fields)
