@@ -14,9 +14,9 @@ from rich.console import Console
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
-from hone.evaluate.ladder import open_candidate, prepare, run_ladder
+from hone.evaluate.ladder import prepare, run_ladder
 from hone.evaluate.summary import show_ladder
-from hone.runs import RunFolder
+from hone.runs import RunFolder, open_language_model_run
 from hone.track import track_completed
 from hone.train.pipeline import run_training
 
@@ -28,7 +28,7 @@ def run_quickstart(config: HoneConfig, console: Console) -> RunFolder:
     inputs = prepare(config, [])  # the evaluation's inputs are checked before any training time is spent
     run = run_training(config, console, track=False)
     try:
-        inputs.candidates.append(open_candidate(run.path))
+        inputs.candidates.append(open_language_model_run(run.path, "are evaluated"))
         ladder = run_ladder(inputs, run, console)
     except BaseException as exc:
         run.update(evaluation={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})

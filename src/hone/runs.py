@@ -198,3 +198,17 @@ def open_finished_run(run_path: Path, use: str) -> FinishedRun:
         weights=weights,
         manifest=manifest,
     )
+
+
+LANGUAGE_METHODS = ("sft", "pretrain", "dpo", "rl")  # runs whose model writes text; a `reward` run scores it
+
+
+def open_language_model_run(run_path: Path, use: str) -> FinishedRun:
+    """A completed run whose model generates text: what export, the ladder and a judge can use."""
+    run = open_finished_run(run_path, use)
+    if run.method not in LANGUAGE_METHODS:
+        raise HoneError(
+            f"{run_path}: a {run.method} run scores text rather than writing it; "
+            f"only language-model runs {use}"
+        )
+    return run

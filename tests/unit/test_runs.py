@@ -57,3 +57,20 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path) -> None
         atomic_write_text(target, 42)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_only_language_model_runs_open_for_generation(tmp_path: Path) -> None:
+    from hone.runs import open_language_model_run
+
+    run = RunFolder.create(make_config(tmp_path))
+    (run.path / "adapter").mkdir()
+    (run.path / "adapter" / "adapter_config.json").write_text("{}")
+    run.update(method="reward", artifacts={"weights": "adapter"}, base_model={"path": str(tmp_path)})
+    run.finish("completed")
+    with pytest.raises(
+        HoneError, match=r"r1: a reward run scores text rather than writing it; only .* export"
+    ):
+        open_language_model_run(run.path, "export")
+    run.update(method="sft")
+    opened = open_language_model_run(run.path, "export")
+    assert opened.method == "sft" and opened.weights == run.path / "adapter"

@@ -43,11 +43,11 @@ def parse_score(reply: str, max_score: int) -> float | None:
 def load_judge(reference: str) -> tuple[Any, Any]:
     from hone.models.resolve import load_model, load_tokenizer, resolve_model
     from hone.models.trained import trained_model
-    from hone.runs import MANIFEST, open_finished_run
+    from hone.runs import MANIFEST, open_language_model_run
 
     path = Path(reference)
     if (path / MANIFEST).is_file():
-        return trained_model(open_finished_run(path, "judge"))
+        return trained_model(open_language_model_run(path, "judge"))
     model_path = resolve_model(reference)
     return load_model(model_path), load_tokenizer(model_path)
 

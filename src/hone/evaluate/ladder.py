@@ -37,11 +37,10 @@ from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.models.trained import trained_model
-from hone.runs import FinishedRun, RunFolder, now, open_finished_run
+from hone.runs import FinishedRun, RunFolder, now, open_language_model_run
 
 LADDER_FORMAT = 1
 SHOWN_FLIPS = 20
-LANGUAGE_METHODS = ("sft", "pretrain", "dpo", "rl")
 YES_NO_METRICS = ("exact_match", "normalized_exact_match", "accuracy", "json_valid", "schema_valid", "regex")
 
 
@@ -87,7 +86,7 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
         test = test[: settings.limit]
     if "rag" in settings.rungs and settings.rag.knowledge is None and "rungs" in settings.model_fields_set:
         raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
-    runs = [open_candidate(path) for path in candidates]
+    runs = [open_language_model_run(path, "are evaluated") for path in candidates]
     spec = MetricSpec(
         names=list(settings.metrics),
         json_schema=load_schema(settings.json_schema),
@@ -115,15 +114,6 @@ def check_metric_names(settings: Any, spec: MetricSpec, references: list[str]) -
     for metric, where in checks:
         if metric not in names:
             raise HoneError(f"{where}: {metric!r} is not among this task's metrics: {', '.join(names)}")
-
-
-def open_candidate(path: Path) -> FinishedRun:
-    run = open_finished_run(path, "are evaluated")
-    if run.method not in LANGUAGE_METHODS:
-        raise HoneError(
-            f"{path}: a {run.method} run is not a language model; it cannot answer the test split"
-        )
-    return run
 
 
 def run_ladder(inputs: LadderInputs, run: RunFolder, console: Console) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from hone.errors import HoneError
 from hone.io import atomic_write_json, atomic_write_text, staged_folder
 from hone.models.resolve import load_model, load_tokenizer
 from hone.models.trained import merged_model
-from hone.runs import FinishedRun, RunFolder, code_version, now, open_finished_run
+from hone.runs import FinishedRun, RunFolder, code_version, now, open_language_model_run
 from hone.train.llama_cpp import llama_cpp_tools, llama_quantize, run_tools, tools_version
 from hone.train.ollama import modelfile
 
@@ -107,13 +107,6 @@ class ParityResult:
         return record
 
 
-def open_run(run_path: Path) -> FinishedRun:
-    run = open_finished_run(run_path, "export")
-    if run.method == "reward":
-        raise HoneError(f"{run_path}: a reward model scores text; export writes language models only")
-    return run
-
-
 def record_export(folder: Path, run: FinishedRun, kind: str, **details: Any) -> None:
     record = {
         "kind": kind,
@@ -143,7 +136,7 @@ def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> 
     LoRA is merged into the fp32 base it was trained on. A QLoRA adapter is refused unless `dequantize`
     is set (see QLORA_REFUSAL). Full fine-tuning already produced a whole model; it is copied.
     """
-    run = open_run(run_path)
+    run = open_language_model_run(run_path, "export")
     target = out or run.path / "export" / "merged"
     if run.kind == "qlora" and not dequantize:
         raise HoneError(QLORA_REFUSAL.format(run=run_path))
@@ -176,7 +169,7 @@ def to_gguf(
         known = ", ".join([*CONVERTER_TYPES, *QUANTIZE_TYPES])
         raise HoneError(f"--quant {quant!r}: unknown GGUF type; expected one of {known}")
     quantizer = llama_quantize() if quant in QUANTIZE_TYPES else None  # refuse before any work is done
-    run = open_run(run_path)
+    run = open_language_model_run(run_path, "export")
     merged = merge(run_path, merged_out, dequantize)
     text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged), run.config.data.system_prompt)
     tools = llama_cpp_tools()
@@ -302,7 +295,7 @@ def parity_check(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if prompts is None:
-        labelled, source = parity_prompts(open_run(export.run))
+        labelled, source = parity_prompts(open_language_model_run(export.run, "export"))
     else:
         labelled, source = [(text[:60], text) for text in prompts], "given prompts"
     folder, name = str(export.model.parent), export.model.name

@@ -22,7 +22,7 @@ from hone.config import HoneConfig
 from hone.errors import HoneError
 from hone.models.resolve import load_model, load_tokenizer
 from hone.models.templates import PROBE_CHATS
-from hone.runs import RunFolder
+from hone.runs import RunFolder, open_language_model_run
 from hone.train import export, llama_cpp, ollama
 from hone.train.setup import lora_config, quantization_config
 
@@ -270,9 +270,11 @@ def test_converter_writes_q8_0(f16_export: export.GGUFExport, tmp_path: Path) ->
 
 
 def test_dora_and_qlora_runs_get_no_lora_gguf(tmp_path: Path, tiny_model_dir: Path) -> None:
-    dora = export.open_run(make_run(tmp_path / "dora", tiny_model_dir, "lora", use_dora=True))
+    dora = open_language_model_run(
+        make_run(tmp_path / "dora", tiny_model_dir, "lora", use_dora=True), "export"
+    )
     assert "DoRA" in str(export.lora_refusal(dora))
-    qlora = export.open_run(make_run(tmp_path / "qlora", tiny_model_dir, "qlora"))
+    qlora = open_language_model_run(make_run(tmp_path / "qlora", tiny_model_dir, "qlora"), "export")
     assert "NF4" in str(export.lora_refusal(qlora))
 
 
