@@ -5,7 +5,6 @@ reward learns to rank the chosen reply first."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from rich.console import Console
-from toy_preferences import preference_config
+from toy_preferences import assert_saved_as_trained, completed_two_steps, preference_config
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
@@ -71,26 +70,12 @@ def test_dpo_trains_every_parameter(
 ) -> None:
     run = run_training(config_for(tmp_path, tiny_model_dir, adapter), Console(record=True))
 
-    manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["artifacts"]["weights"] == ("model" if adapter == "full" else "adapter")
-    training = manifest["training"]
-    assert training["steps"] == 2
-    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
-    records = history(run.path)
-    assert [row["step"] for row in records if "loss" in row] == [1, 2]
-    assert all(math.isfinite(row["loss"]) for row in records if "loss" in row)
+    records = completed_two_steps(run, adapter)
     assert any("eval_rewards/accuracies" in row for row in records)
 
     assert snapshot.before, "something was trainable"
-    unchanged = [name for name, value in snapshot.before.items() if torch.equal(value, snapshot.after[name])]
-    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
-    weights = run.path / manifest["artifacts"]["weights"]
-    saved = saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after))
-    differ = [
-        name for name, value in saved.items() if not torch.equal(value.float(), snapshot.after[name].float())
-    ]
-    assert not differ, f"saved weights that are not the trained ones: {differ[:5]}"
+    weights = run.path / run.manifest["artifacts"]["weights"]
+    assert_saved_as_trained(snapshot, saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after)))
     if adapter != "full":
         assert not (weights / "ref").exists(), "the reference is the base with the adapter off, not a copy"
 

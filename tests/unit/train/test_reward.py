@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from rich.console import Console
-from toy_preferences import preference_config
+from toy_preferences import assert_saved_as_trained, completed_two_steps, preference_config
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
@@ -92,26 +92,12 @@ def test_reward_trains_every_parameter(
 ) -> None:
     run = run_training(config_for(tmp_path, tiny_model_dir, adapter), Console(record=True))
 
-    manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["artifacts"]["weights"] == ("model" if adapter == "full" else "adapter")
-    training = manifest["training"]
-    assert training["steps"] == 2
-    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
-    records = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in records if "loss" in row] == [1, 2]
-    assert all(math.isfinite(row["loss"]) for row in records if "loss" in row)
+    records = completed_two_steps(run, adapter)
     assert any("eval_accuracy" in row for row in records), "pairwise accuracy on validation is logged"
 
     assert any("score" in name for name in snapshot.before), "the score head is trained"
-    unchanged = [name for name, value in snapshot.before.items() if torch.equal(value, snapshot.after[name])]
-    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
-    weights = run.path / manifest["artifacts"]["weights"]
-    saved = saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after))
-    differ = [
-        name for name, value in saved.items() if not torch.equal(value.float(), snapshot.after[name].float())
-    ]
-    assert not differ, f"saved weights that are not the trained ones: {differ[:5]}"
+    weights = run.path / run.manifest["artifacts"]["weights"]
+    assert_saved_as_trained(snapshot, saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after)))
 
     model, tokenizer = load_reward_model(run.path)
     scores = score_texts(model, tokenizer, [*conversations(toy_pairs(1, first=77)[0])])

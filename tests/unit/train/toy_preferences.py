@@ -1,13 +1,18 @@
-"""Configs on toy preference pairs, shared by the dpo and reward tests (imported as a sibling module)."""
+"""Configs on toy preference pairs and the checks of a finished toy run, shared by the dpo and reward tests
+(imported as a sibling module)."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hone.config import HoneConfig
+from hone.runs import RunFolder
 
 
 def preference_config(
@@ -45,3 +50,27 @@ def preference_config(
             "track": {"enabled": False},
         }
     )
+
+
+def completed_two_steps(run: RunFolder, adapter: str) -> list[dict[str, Any]]:
+    """Check a 2-step toy run completed with finite losses and its weights where expected; its history."""
+    manifest = run.manifest
+    assert manifest["status"] == "completed"
+    assert manifest["artifacts"]["weights"] == ("model" if adapter == "full" else "adapter")
+    training = manifest["training"]
+    assert training["steps"] == 2
+    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
+    records = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in records if "loss" in row] == [1, 2]
+    assert all(math.isfinite(row["loss"]) for row in records if "loss" in row)
+    return records
+
+
+def assert_saved_as_trained(snapshot: Any, saved: dict[str, torch.Tensor]) -> None:
+    """Every trainable parameter changed in training, and the saved weights are the trained ones."""
+    unchanged = [name for name, value in snapshot.before.items() if torch.equal(value, snapshot.after[name])]
+    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
+    differ = [
+        name for name, value in saved.items() if not torch.equal(value.float(), snapshot.after[name].float())
+    ]
+    assert not differ, f"saved weights that are not the trained ones: {differ[:5]}"
