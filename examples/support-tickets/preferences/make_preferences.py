@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TASK = HERE.parent
+sys.path.insert(0, str(TASK))
+from generate import write_jsonl  # noqa: E402  the task generator's atomic JSONL writer, one copy
+
 SPLIT_SIZES: dict[str, int] = {"train": 300, "validation": 50}
 FIELDS = ("category", "priority", "product", "summary")
 # How often each kind of mistake is the rejected answer, and which field a wrong-field mistake touches:
@@ -117,20 +119,6 @@ def build_splits(seed: int) -> dict[str, list[dict]]:
         picked = sorted(rng.sample(range(len(rows)), size))
         splits[split] = [preference_pair(rng, rows[index], values) for index in picked]
     return splits
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write atomically (temp file in the same folder, then os.replace) so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data files are meant to be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_args() -> argparse.Namespace:
