@@ -297,6 +297,9 @@ class EvaluateConfig(Strict):
         default_factory=list, description="Fine-tuned run folders evaluated as rungs of the ladder."
     )
     api: list[ApiRung] = Field(default_factory=list, description="Hosted models (OpenAI-compatible APIs).")
+    reference_loss: bool = Field(
+        False, description="Also measure each model's loss and perplexity on the reference answers."
+    )
     judge: JudgeSettings | None = Field(
         None, description="LLM-as-judge: adds the `judge` metric (score / max_score per example)."
     )

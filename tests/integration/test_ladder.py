@@ -8,6 +8,7 @@ equal the zero-shot rung's.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +83,7 @@ evaluate:
   general: {{limit: 8, max_new_tokens: 4, lm_eval_tasks: [hone_tiny_choice], lm_eval_include: {LM_EVAL_TASKS},
             lm_eval_limit: 4}}
   judge: {{model: "{tiny_model_dir}", max_score: 5}}
+  reference_loss: true
   api: [{{name: hosted, base_url: "{chat_server}", model: tiny, input_price: 0.15, output_price: 0.6}}]
 run: {{dir: {tmp_path / "runs"}}}
 """,
@@ -113,6 +115,11 @@ run: {{dir: {tmp_path / "runs"}}}
     # the judge (the tiny model itself) graded every rung: a score per example, unusable replies counted
     for rung in ladder["rungs"]:
         assert 0 <= rung["metrics"]["judge"]["value"] <= 1 and 0 <= rung["judge_unparsed"] <= 6
+    # loss of the reference answers under each local model and prompt; a hosted API gives no likelihoods
+    for rung in (zero, few, rag, tuned):
+        figures = rung["reference_loss"]
+        assert figures["loss"] > 0 and figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
+    assert "reference_loss" not in hosted
     # a local lm-evaluation-harness task, offline, before and after
     assert 0 <= tuned["general"]["lm_eval"]["hone_tiny_choice"]["acc"] <= 1
     assert zero["general"]["delta_lm_eval"]["hone_tiny_choice"]["acc"] == 0

@@ -31,6 +31,7 @@ from hone.errors import HoneError
 from hone.evaluate import baselines, cost
 from hone.evaluate.api import answer_with_api
 from hone.evaluate.general import GeneralResult, general_check, general_delta
+from hone.evaluate.likelihood import reference_loss
 from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
@@ -60,6 +61,9 @@ class Rung:
     context: list[list[str]] = field(default_factory=list)
     prices: tuple[float, float] | None = None  # API rungs: USD per million prompt / completion tokens
     judge_unparsed: int | None = None  # judge replies without a usable score
+    reference: dict[str, float] | None = (
+        None  # loss and perplexity of the reference answers given the prompts
+    )
 
 
 @dataclass
@@ -179,6 +183,7 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
         answers = answer_all(
             name, model, tokenizer, prompt_rung.prompts, settings.max_new_tokens, settings.batch_size, console
         )
+        reference = reference_figures(inputs, model, tokenizer, prompt_rung.prompts)
         rungs.append(
             Rung(
                 name,
@@ -188,6 +193,7 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
                 answers,
                 settings.batch_size,
                 context=prompt_rung.context,
+                reference=reference,
             )
         )
     general = None
@@ -212,6 +218,7 @@ def fine_tuned_rung(
     answers = answer_all(
         candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console
     )
+    reference = reference_figures(inputs, model, tokenizer, prompts)
     general = None
     if base_general is not None:
         general = measure_general(inputs.config, candidate.name, model, tokenizer, console).against(
@@ -229,7 +236,19 @@ def fine_tuned_rung(
         settings.batch_size,
         general=general,
         training=training_record(candidate),
+        reference=reference,
     )
+
+
+def reference_figures(
+    inputs: LadderInputs, model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]]
+) -> dict[str, float] | None:
+    """The model's loss and perplexity on the reference answers, given the rung's prompts, when asked."""
+    settings = inputs.config.evaluate
+    if not settings.reference_loss:
+        return None
+    measured = reference_loss(model, tokenizer, prompts, inputs.references, settings.batch_size)
+    return {"loss": measured.loss, "perplexity": measured.perplexity}
 
 
 @dataclass
@@ -358,6 +377,7 @@ def rung_record(inputs: LadderInputs, rung: Rung, baseline: Rung, primary: str, 
         "cost": cost_record(settings, rung, timing, tokens),
         "training": rung.training,
         **({"judge_unparsed": rung.judge_unparsed} if rung.judge_unparsed is not None else {}),
+        **({"reference_loss": rung.reference} if rung.reference is not None else {}),
     }
 
 
