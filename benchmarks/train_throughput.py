@@ -103,6 +103,7 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "hone+packing": ["train.packing=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
     "hone+bf16": ["train.precision=bf16"],
+    "hone+fp32": ["train.precision=fp32"],
 }
 RECIPES: dict[str, TrlRecipe | list[str]] = {
     "trl-defaults": DEFAULTS,

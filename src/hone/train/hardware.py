@@ -21,6 +21,19 @@ def device_choice() -> Choice:
     return Choice("cpu", "no CUDA GPU found")
 
 
+def cpu_bf16_native() -> str | None:
+    """The CPU's native bf16 instructions (AMX tiles or AVX512-BF16), or None when bf16 is emulated.
+
+    With AMX or AVX512-BF16 oneDNN runs bf16 matmuls faster than fp32 (measured 1.4x per LoRA step on a
+    2-core Xeon with AMX); without them bf16 is emulated and ~15x slower than fp32.
+    """
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return None
+
+
 def precision_choice(train: TrainConfig, device: str) -> Choice:
     if train.precision != "auto":
         return Choice(train.precision, "set in the config")
@@ -28,7 +41,10 @@ def precision_choice(train: TrainConfig, device: str) -> Choice:
         return Choice("bf16", "the GPU supports bf16: half the memory, full speed")
     if device == "cuda":
         return Choice("fp16", "the GPU has no bf16; fp16 with loss scaling")
-    return Choice("fp32", "CPU: bf16 matmuls are ~15x slower than fp32 on CPUs without native bf16")
+    native = cpu_bf16_native()
+    if native:
+        return Choice("bf16", f"CPU with {native}: bf16 matmuls beat fp32 and take half the memory")
+    return Choice("fp32", "CPU without AMX or AVX512-BF16: bf16 would be emulated, ~15x slower than fp32")
 
 
 def checkpointing_choice(train: TrainConfig, device: str) -> Choice:

@@ -9,6 +9,8 @@ cross-entropy there. On SmolLM2-135M this alone makes a LoRA step ~1.5x faster o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -38,3 +40,74 @@ def sum_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     flat_targets = targets.reshape(-1).to(flat_logits.device)
     total = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, (flat_targets != IGNORE_INDEX).sum()
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, in chunks of rows, never holding the
+    logits of more than one chunk.
+
+    The gradient is computed in the forward pass, chunk by chunk (softmax minus one-hot is the gradient
+    of the logits), so neither the (rows x vocabulary) logits nor their log-softmax are kept for
+    backward: a separate log-softmax backward pass is saved and the memory stays that of one chunk. The
+    matmuls run in the weight's dtype (bf16 on hardware with fast bf16), the softmax in fp32.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, grads: bool
+    ) -> Any:
+        need_hidden, need_weight = grads and hidden.requires_grad, grads and weight.requires_grad
+        ctx.weight_dtype = weight.dtype
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        for start in range(0, hidden.size(0), rows):
+            chunk = hidden[start : start + rows].to(weight.dtype)
+            target = targets[start : start + rows]
+            logits = (chunk @ weight.T).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if not (need_hidden or need_weight):
+                continue
+            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+            grad_logits[torch.arange(target.size(0), device=target.device), target] -= 1
+            grad_logits = grad_logits.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + rows] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ chunk).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> Any:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_total.float()
+        return (
+            (grad_hidden * scale).to(grad_hidden.dtype) if grad_hidden is not None else None,
+            (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunk_rows(vocabulary: int, elements: int = 1 << 24) -> int:
+    """Rows per chunk so that one chunk's fp32 logits stay within `elements` values (64 MB)."""
+    return max(1, elements // vocabulary)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of labelled targets) of the language-model head `weight` applied to
+    `hidden` (..., d) only at the positions whose target is labelled."""
+    flat_targets = targets.reshape(-1).to(hidden.device)
+    labelled = flat_targets != IGNORE_INDEX
+    rows = hidden.reshape(-1, hidden.size(-1))[labelled]
+    count = labelled.sum()
+    if rows.size(0) == 0:
+        return hidden.sum() * 0.0, count  # keeps the graph connected, so backward still runs
+    grads = torch.is_grad_enabled()
+    total = LinearCrossEntropy.apply(rows, weight, flat_targets[labelled], chunk_rows(weight.size(0)), grads)
+    return total, count

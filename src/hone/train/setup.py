@@ -23,6 +23,7 @@ from hone.models.resolve import load_model
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
+from hone.train.fast_lora import use_fast_dropout
 from hone.train.progress import RichProgress
 
 Head = Literal["causal", "score"]
@@ -265,6 +266,8 @@ def fit(
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
+    if trainer.args.use_cpu:
+        use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source (hone.train.fast_lora)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward

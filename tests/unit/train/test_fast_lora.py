@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hone.train.fast_lora import FastDropout, keep_mask, use_fast_dropout
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_keep_mask_drops_p_of_every_lane(p: float) -> None:
+    torch.manual_seed(0)
+    count = 400_003  # not a multiple of four: the last word is cut
+    keep = keep_mask(torch.Size([count]), p, torch.device("cpu"))
+    assert keep.dtype == torch.uint8 and keep.shape == (count,)
+    assert set(keep.unique().tolist()) == {0, 1}
+    for lane in range(4):  # the four 16-bit lanes of each random word come from different bits
+        dropped = 1 - keep[lane::4].double().mean().item()
+        spread = 5 * math.sqrt(p * (1 - p) / (count / 4))  # five standard errors
+        assert abs(dropped - p) < spread, (lane, dropped)
+
+
+def test_keep_mask_is_reproducible_under_the_seed_and_varies_without_it() -> None:
+    torch.manual_seed(3)
+    first = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
+    second = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
+    torch.manual_seed(3)
+    again = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
+    assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_scales_kept_values_and_routes_gradients_through_its_mask(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = (torch.rand(32, 48) + 0.5).to(dtype).requires_grad_(True)
+    dropout = FastDropout(0.25).train()
+    out = dropout(x)
+    kept = out != 0
+    assert out.dtype == dtype
+    assert torch.allclose(out[kept].float(), (x[kept] / 0.75).float(), rtol=1e-2)
+    assert 0.1 < 1 - kept.float().mean().item() < 0.4
+    out.sum().backward()
+    assert torch.allclose(x.grad.float(), kept.float() / 0.75, rtol=1e-2)
+
+
+def test_fast_dropout_is_the_identity_when_evaluating() -> None:
+    x = torch.randn(5, 7)
+    assert FastDropout(0.5).eval()(x) is x
+
+
+def test_use_fast_dropout_replaces_every_lora_dropout_and_keeps_the_saved_adapter(tiny_model_dir) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
+    adapted = [m for m in model.modules() if hasattr(m, "lora_dropout")]
+    keys = set(model.state_dict())
+    assert use_fast_dropout(model) == len(adapted) > 0
+    assert all(isinstance(m.lora_dropout["default"], FastDropout) for m in adapted)
+    assert set(model.state_dict()) == keys  # nothing new to save or load
+    assert use_fast_dropout(model) == 0  # already replaced
+    model.train()
+    inputs = torch.randint(0, 1000, (2, 9))
+    model(input_ids=inputs, labels=inputs).loss.backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad)
