@@ -139,7 +139,9 @@ class TrainConfig(Strict):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: fp32 on CPU (bf16 is ~15x slower there), bf16 on GPUs that support it."
+        "auto",
+        description="auto: bf16 on GPUs that support it and on CPUs with AMX or AVX512-BF16, fp32 on other "
+        "CPUs (emulated bf16 is ~15x slower there). Fully trained weights stay fp32 under bf16 autocast.",
     )
     packing: bool = Field(
         False, description="Pack short examples into rows of model.max_length (no attention across them)."

@@ -254,9 +254,10 @@ def training_memory(
 ) -> dict[str, float]:
     """Bytes by part; `total` is their sum.
 
-    weights:     N * b (b = 4 fp32, 2 bf16/fp16); qlora: N_linear * 0.516 (NF4) + the rest * 4 (fp32).
-    gradients:   full N * b; adapters 4 B per LoRA parameter (peft keeps adapters in fp32).
-    optimizer:   AdamW's two states per trainable parameter, in its dtype: full 2*N*b, adapters 2*P*4.
+    weights:     full N * 4 (trained weights stay fp32; autocast computes in b); a frozen base N * b
+                 (b = 4 fp32, 2 bf16/fp16); qlora: N_linear * 0.516 (NF4) + the rest * 4 (fp32).
+    gradients:   full N * 4; adapters 4 B per LoRA parameter (peft keeps adapters in fp32).
+    optimizer:   AdamW's two fp32 states per trainable parameter: full 2*N*4, adapters 2*P*4.
     adapters:    the LoRA weights, P * 4.
     activations: T = batch*seq_len tokens; without checkpointing T*L*values*b (see
                  activation_values_per_token_layer); with it T*L*d*b (each layer's input) plus one
@@ -270,7 +271,7 @@ def training_memory(
     if method == "qlora":
         weights = shape.quantisable_parameters * NF4_BYTES + (n - shape.quantisable_parameters) * 4.0
     else:
-        weights = n * b
+        weights = n * (4.0 if method == "full" else b)
     tokens = batch_size * seq_len
     per_layer = activation_values_per_token_layer(shape, method, seq_len, lora_r)
     if checkpointing:
@@ -279,8 +280,8 @@ def training_memory(
         activations = tokens * shape.layers * per_layer * b
     parts = {
         "weights": weights,
-        "gradients": n * b if method == "full" else adapter_params * 4.0,
-        "optimizer": 2 * n * b if method == "full" else 2 * adapter_params * 4.0,
+        "gradients": n * 4.0 if method == "full" else adapter_params * 4.0,
+        "optimizer": 2 * n * 4.0 if method == "full" else 2 * adapter_params * 4.0,
         "adapters": adapter_params * 4.0,
         "activations": float(activations),
         "logits": float(tokens * shape.vocab * 4 * LOGIT_COPIES),

@@ -42,8 +42,9 @@ from hone.estimate import (
 )
 
 
-def measure_matmul_flops(size: int = 1024, seconds: float = 1.5) -> float:
-    """fp32 matmul rate of this machine: one thread's best size x size matmul (2*size^3 FLOPs) x threads.
+def measure_matmul_flops(size: int = 1024, seconds: float = 1.5, dtype: Any = None) -> float:
+    """Matmul rate of this machine in `dtype` (fp32 by default): one thread's best size x size matmul
+    (2*size^3 FLOPs) x threads.
 
     The best, not the mean, and one thread at a time: on a machine shared with other jobs a single-thread
     matmul still catches whole quiet time slices, so this measures what the cores can do (what a run gets
@@ -52,7 +53,7 @@ def measure_matmul_flops(size: int = 1024, seconds: float = 1.5) -> float:
     import torch
 
     threads = torch.get_num_threads()
-    left, right = torch.randn(size, size), torch.randn(size, size)
+    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.set_num_threads(1)
     try:
         left @ right  # warm-up
@@ -91,7 +92,13 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
         raise HoneError(f"--mfu {mfu}: expected a fraction in (0, 1]")
     if name.lower() != "cpu":
         return gpu_hardware(name, mfu, price_per_hour)
-    flops = measure_matmul_flops()
+    import torch
+
+    from hone.train.hardware import cpu_bf16_native
+
+    # Measured in the precision hone trains in here: bf16 on CPUs with AMX or AVX512-BF16.
+    precision = "bf16" if cpu_bf16_native() else "fp32"
+    flops = measure_matmul_flops(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     return Hardware(
         name="cpu",
         flops=flops,
@@ -99,8 +106,8 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
         memory=total_memory(),
         bandwidth=measure_bandwidth(),
         price_per_hour=CPU_PRICE_PER_HOUR if price_per_hour is None else price_per_hour,
-        precision="fp32",
-        basis=f"this machine, measured {flops / 1e9:.0f} GFLOP/s fp32 matmul ({os.cpu_count()} cores)",
+        precision=precision,
+        basis=f"this machine, measured {flops / 1e9:.0f} GFLOP/s {precision} matmul ({os.cpu_count()} cores)",
     )
 
 

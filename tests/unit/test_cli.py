@@ -27,6 +27,13 @@ def test_config_validate_ok_and_bad() -> None:
     assert "Traceback" not in bad.stderr
 
 
+def test_an_unknown_option_is_a_usage_error_not_a_traceback() -> None:
+    wrong = hone("estimate", "-c", "configs/quickstart.yaml")
+    assert wrong.returncode == 2
+    assert "No such option: -c" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
 def test_config_show_prints_resolved_config_with_overrides() -> None:
     shown = hone("config", "show", "configs/quickstart.yaml", "train.max_steps=3")
     assert shown.returncode == 0, shown.stderr

@@ -32,6 +32,7 @@ from hone.estimate import (
     training_memory,
 )
 from hone.estimate_report import count_data_tokens, hardware, model_shape
+from hone.train.hardware import cpu_bf16_native
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2_PARAMETERS = 134_515_008  # sum(p.numel()) of SmolLM2-135M (tied head)
@@ -196,7 +197,11 @@ def test_memory_parts_by_hand() -> None:
     )
     assert checkpointed["activations"] == 6 * (2 * 4 + 105) * 4  # layer inputs + one layer recomputed
     bf16 = training_memory(shape, "full", "bf16", batch_size=2, seq_len=3, lora_r=1, checkpointing=False)
-    assert (bf16["weights"], bf16["optimizer"], bf16["logits"]) == (696, 1392, 480)  # logits stay fp32
+    # trained weights and their optimizer states stay fp32 under autocast; activations halve; logits fp32
+    assert (bf16["weights"], bf16["optimizer"], bf16["logits"]) == (1392, 2784, 480)
+    assert bf16["activations"] == full["activations"] / 2
+    frozen = training_memory(shape, "lora", "bf16", batch_size=2, seq_len=3, lora_r=1, checkpointing=False)
+    assert frozen["weights"] == 348 * 2  # a frozen base is held in the compute precision
 
 
 def test_time_and_money_of_a_method_by_hand() -> None:
@@ -266,7 +271,9 @@ def test_this_cpu_is_measured() -> None:
     cpu = hardware("cpu")
     assert cpu.flops > 1e9 and cpu.bandwidth > 1e8  # any machine that runs the tests does this much
     assert cpu.memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert (cpu.precision, cpu.mfu, cpu.price_per_hour) == ("fp32", 0.5, 0.10)
+    expected = "bf16" if cpu_bf16_native() else "fp32"  # what hone trains in on this CPU
+    assert (cpu.precision, cpu.mfu, cpu.price_per_hour) == (expected, 0.5, 0.10)
+    assert expected in cpu.basis
 
 
 def test_data_tokens_with_the_tokenizer_and_without(tiny_model_dir: Path, tmp_path: Path, tokenizer) -> None:

@@ -65,7 +65,7 @@ def check_truncation(config: HoneConfig) -> None:
 def policy_and_reference(config: HoneConfig, model_path: Path, setup: Setup) -> tuple[Any, Any, Any]:
     """The model to train, its reference (None: the adapter switched off) and the LoRA config for TRL."""
     adapter = config.train.adapter
-    policy = load_base(model_path, setup, quantized=adapter.kind == "qlora")
+    policy = load_base(model_path, setup, quantized=adapter.kind == "qlora", trained=adapter.kind == "full")
     if isinstance(adapter, LoraAdapter):
         return policy, None, lora_config(adapter, "CAUSAL_LM")
     reference = load_base(model_path, setup, quantized=False)

@@ -236,7 +236,7 @@ def train_rl(
     eval_set = prompt_split(config, tokenizer, validation_examples, "validation", console)[0]
     # TRL wraps the adapter itself: with a KL penalty (rl.beta > 0) the reference policy is then the base
     # with the adapter switched off, where a ready PEFT model would get a copied "ref" adapter, saved too.
-    model = load_base(model_path, setup, quantized=adapter.kind == "qlora")
+    model = load_base(model_path, setup, quantized=adapter.kind == "qlora", trained=adapter.kind == "full")
     peft = lora_config(adapter, "CAUSAL_LM") if isinstance(adapter, LoraAdapter) else None
     trainer = make_trainer(config, model, peft, reward, tokenizer, train_set, eval_set, run, setup, console)
     return fit(trainer, run, adapter.kind, resume, too_long)

@@ -137,13 +137,22 @@ def quantization_config(dtype: torch.dtype) -> Any:
     )
 
 
-def load_base(model_path: Path, setup: Setup, quantized: bool, head: Head = "causal") -> Any:
-    """The base model: a causal LM, or a sequence classifier with one scalar output for reward models."""
+def load_base(
+    model_path: Path, setup: Setup, quantized: bool, head: Head = "causal", trained: bool = False
+) -> Any:
+    """The base model: a causal LM, or a sequence classifier with one scalar output for reward models.
+
+    A frozen base (under adapters, or a reference model) loads in the compute precision. Weights that
+    are `trained` (full fine-tuning) stay fp32 and autocast computes in bf16/fp16: AdamW's steps at
+    full fine-tuning learning rates are smaller than bf16's resolution near 1.0 (2^-7), so pure bf16
+    weights such as the norms' would not move at all.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    dtype = torch.float32 if trained else setup.dtype
     if head == "causal" and not quantized:
-        return load_model(model_path, dtype=setup.dtype, device=setup.device)
-    options: dict[str, Any] = {"dtype": setup.dtype, "device_map": setup.device}
+        return load_model(model_path, dtype=dtype, device=setup.device)
+    options: dict[str, Any] = {"dtype": dtype, "device_map": setup.device}
     if quantized:
         options["quantization_config"] = quantization_config(setup.dtype)
     if head == "causal":
@@ -163,7 +172,7 @@ def build_model(config: HoneConfig, model_path: Path, setup: Setup, head: Head =
 
     adapter = config.train.adapter
     set_seed(config.train.seed)  # adapter (and score head) initialisation is part of what the seed fixes
-    model = load_base(model_path, setup, adapter.kind == "qlora", head)
+    model = load_base(model_path, setup, adapter.kind == "qlora", head, trained=adapter.kind == "full")
     if head == "score" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id  # the classifier reads the last real token
     if not isinstance(adapter, LoraAdapter):
