@@ -16,18 +16,20 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 logs, and scores every position in vocabulary tiles off CUDA (only labelled positions with
                 Triton on CUDA). On a machine without a bf16 GPU transformers refuses bf16 unless
                 use_cpu=True, so that is set there (its error message asks for it).
-  trl-tuned     the same trainer tuned by hand for the machine: fp32 weights and compute on CPU (bf16
-                matmuls are ~15x slower on CPUs without AVX512-BF16 or AMX; on CPUs with them compare the
-                trl-tuned+bf16 and hone+bf16 variants), bf16 weights and autocast on CUDA;
+  trl-tuned     the same trainer tuned by hand for the machine: bf16 weights and autocast where bf16 is
+                fast (CUDA; CPUs with AMX or AVX512-BF16), fp32 weights and compute on other CPUs (bf16 is
+                emulated there, ~15x slower; the trl-tuned+fp32 variant forces fp32 anywhere);
                 gradient checkpointing off; assistant_only_loss=True through hone's training chat template
                 ({% generation %} markers, renders byte-identically to the model's own). Layout:
                 padding_free on CUDA; padded on CPU, because without a varlen attention kernel the flattened
                 batch gets one dense block-diagonal mask, quadratic in the whole batch's length (see the
                 trl-tuned+padding-free and +packing variants).
   hone          `hone train` with configs/quickstart.yaml (these settings as overrides), through
-                hone.train.pipeline.run_training with tracking and in-loop validation off: fp32 on CPU and
-                bf16 on CUDA, no gradient checkpointing, padded batches, assistant-only labels, and a loss
-                that asks the model for logits only from the first labelled position on.
+                hone.train.pipeline.run_training with tracking and in-loop validation off, so hone's own
+                choices: bf16 where it is fast (as trl-tuned; hone+fp32 forces fp32), no gradient
+                checkpointing, padded batches, assistant-only labels, the LM head and its cross-entropy only
+                on labelled positions in chunks (hone.train.loss), and on CPU a vectorised LoRA dropout
+                (hone.train.fast_lora).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's
 peak on GPU), in rounds ordered a,b,c then c,b,a, so drift in the machine's load hits all alike; the median
@@ -78,11 +80,11 @@ MAIN = ["trl-defaults", "trl-tuned", "hone"]
 class TrlRecipe:
     """SFTConfig choices beyond the shared ones; None leaves TRL's default."""
 
-    bf16: bool | Literal["auto"] | None = None  # auto: on CUDA only
+    bf16: bool | Literal["auto"] | None = None  # auto: where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)
     gradient_checkpointing: bool | None = None
     assistant_only_loss: bool = False
     layout: Literal["auto", "padded", "padding_free", "packing"] | None = None  # None: TRL's (padded)
-    dtype: Literal["auto"] | None = None  # auto: fp32 weights on CPU, bf16 on CUDA; None: TRL's (fp32)
+    dtype: Literal["auto", "float32"] | None = None  # auto: bf16 weights when bf16 is on; None: TRL's (fp32)
 
 
 DEFAULTS = TrlRecipe()
@@ -94,7 +96,7 @@ TUNED = TrlRecipe(
 VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-defaults+fp32": replace(DEFAULTS, bf16=False),
     "trl-defaults+no-checkpointing": replace(DEFAULTS, gradient_checkpointing=False),
-    "trl-tuned+bf16": replace(TUNED, bf16=True),
+    "trl-tuned+fp32": replace(TUNED, bf16=False, dtype="float32"),
     "trl-tuned+checkpointing": replace(TUNED, gradient_checkpointing=True),
     "trl-tuned+whole-chat": replace(TUNED, assistant_only_loss=False),
     "trl-tuned+padded": replace(TUNED, layout="padded"),
@@ -117,10 +119,14 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fast_bf16(on: str) -> bool:
+    return on == "cuda" or cpu_has_native_bf16()
+
+
 def uses_bf16(recipe: TrlRecipe | list[str], on: str) -> bool:
-    if isinstance(recipe, list):
-        return on == "cuda" or "train.precision=bf16" in recipe
-    return recipe.bf16 is None or recipe.bf16 is True or (recipe.bf16 == "auto" and on == "cuda")
+    if isinstance(recipe, list):  # hone's own choice (hone.train.hardware.precision_choice) unless overridden
+        return "train.precision=bf16" in recipe or (fast_bf16(on) and "train.precision=fp32" not in recipe)
+    return recipe.bf16 is None or recipe.bf16 is True or (recipe.bf16 == "auto" and fast_bf16(on))
 
 
 def cpu_has_native_bf16() -> bool:
@@ -251,13 +257,14 @@ def run_trl(spec: dict[str, Any], recipe: TrlRecipe, meter: StepMeter) -> None:
     on = spec["device"]
     options: dict[str, Any] = {}
     if recipe.bf16 is not None:
-        options["bf16"] = on == "cuda" if recipe.bf16 == "auto" else recipe.bf16
+        options["bf16"] = fast_bf16(on) if recipe.bf16 == "auto" else recipe.bf16
     if on == "cpu" and options.get("bf16", True):
         options["use_cpu"] = True  # transformers refuses bf16 on a machine without a bf16 GPU otherwise
     if recipe.gradient_checkpointing is not None:
         options["gradient_checkpointing"] = recipe.gradient_checkpointing
     if recipe.dtype is not None:
-        options["model_init_kwargs"] = {"dtype": "bfloat16" if on == "cuda" else "float32"}
+        half = recipe.dtype == "auto" and options.get("bf16", True)
+        options["model_init_kwargs"] = {"dtype": "bfloat16" if half else "float32"}
     layout = recipe.layout
     if layout == "auto":
         layout = "padding_free" if on == "cuda" else "padded"
