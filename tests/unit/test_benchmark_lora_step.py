@@ -1,0 +1,35 @@
+"""benchmarks/lora_step.py on the tiny model: every variant is timed, and the three ways of computing the
+loss give the same loss on the same batch and dropout masks."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_step.py"
+
+
+def test_every_variant_is_timed_and_the_losses_agree(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("lora_step", SCRIPT)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+
+    variants = list(bench.VARIANTS)
+    result = bench.run(str(tiny_model_dir), variants, steps=1, rounds=2, batch=3)
+    assert set(result["seconds_per_step"]) == set(variants)
+    assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
+    assert result["hone_speedup"]["hone"] == 1.0
+    assert result["batch"][0] == 3 and 0 < result["labelled"] < result["tokens"]
+    loss = result["loss"]
+    assert all(math.isfinite(value) for value in loss.values())
+    tolerance = 2e-2 if result["bf16"] else 1e-5
+    for same in ("span-logits", "full-logits", "fp32-copies"):  # same masks, same loss
+        assert loss[same] == pytest.approx(loss["hone"], rel=tolerance), same
