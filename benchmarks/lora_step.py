@@ -15,6 +15,8 @@ every variant draws the same dropout masks where it uses the same dropout).
   torch-dropout   PEFT's nn.Dropout (torch.bernoulli_, boolean masks).
   fp32-copies     PEFT copies every adapter's input to fp32 (its default), autocast copies it back.
   fp32            fp32 weights and compute, every other optimisation on.
+  hone+compile    hone with the model wrapped in torch.compile (inductor); not run unless asked for
+                  (--variants); its compilation happens in the untimed warm-up step, reported separately.
 
 Each round times --steps steps of every variant in turn (order reversed every other round); the median
 over rounds is reported, with hone's speed over each variant's and the loss of each variant's last step
@@ -56,6 +58,7 @@ class Variant:
     fast_dropout: bool = True
     skip_fp32_copies: bool = True
     bf16: bool = True  # where the CPU has native bf16
+    compiled: bool = False
 
 
 VARIANTS = {
@@ -65,7 +68,9 @@ VARIANTS = {
     "torch-dropout": Variant(fast_dropout=False),
     "fp32-copies": Variant(skip_fp32_copies=False),
     "fp32": Variant(bf16=False),
+    "hone+compile": Variant(compiled=True),
 }
+DEFAULT_VARIANTS = [name for name in VARIANTS if name != "hone+compile"]
 
 
 def example_batch(
@@ -112,21 +117,32 @@ def span_loss(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
     return total / count
 
 
+COMPILED: dict[int, Any] = {}
+
+
+def compiled_model(model: Any) -> Any:
+    """One torch.compile wrapper per model, made on first use."""
+    if id(model) not in COMPILED:
+        COMPILED[id(model)] = torch.compile(model)
+    return COMPILED[id(model)]
+
+
 def step(
     model: Any, optimizer: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, v: Variant
 ) -> float:
     torch.manual_seed(SEED)
+    runner = compiled_model(model) if v.compiled else model
     set_dropout(model, v.fast_dropout)
     half = next(model.parameters()).dtype == torch.bfloat16
     skip_copies = half and v.skip_fp32_copies
     with torch.autocast("cpu", dtype=torch.bfloat16) if half else contextlib.nullcontext():
         if v.loss == "full":
             with disable_input_dtype_casting(model, active=skip_copies):
-                loss = model(**inputs, labels=labels).loss
+                loss = runner(**inputs, labels=labels).loss
         elif v.loss == "span":
             loss = span_loss(model, inputs, labels, skip_copies)
         else:
-            total, count, _ = labelled_loss(model, inputs, labels, mixed_precision=skip_copies)
+            total, count, _ = labelled_loss(runner, inputs, labels, model, mixed_precision=skip_copies)
             loss = total / count
     loss.backward()
     optimizer.step()
@@ -152,8 +168,11 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
     def dtype_of(name: str) -> torch.dtype:
         return torch.bfloat16 if native and VARIANTS[name].bf16 else torch.float32
 
-    for name in variants:  # warm-up, not timed
+    warm_up: dict[str, float] = {}
+    for name in variants:  # not timed with the rest: compilation happens here
+        began = time.perf_counter()
         step(models[dtype_of(name)], optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
+        warm_up[name] = time.perf_counter() - began
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     losses: dict[str, float] = {}
     for number in range(rounds):
@@ -172,6 +191,7 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
         "threads": torch.get_num_threads(),
         "bf16": native,
         "seconds_per_step": per_step,
+        "warm_up_seconds": warm_up,
         "rounds": seconds,
         "loss": losses,
         "hone_speedup": {name: per_step[name] / per_step["hone"] for name in variants if "hone" in per_step},
@@ -184,7 +204,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     result = run(args.model, args.variants, args.steps, args.rounds, args.batch)
@@ -196,12 +216,16 @@ def main() -> None:
         f"model={result['model']} batch={rows}x{width} ({result['tokens']} tokens, "
         f"{result['labelled']} labelled) threads={result['threads']} bf16={result['bf16']}"
     )
-    print("| variant | s/step | tokens/s | hone's speed-up | loss |\n|---|---:|---:|---:|---:|")
+    print(
+        "| variant | s/step | tokens/s | hone's speed-up | loss | warm-up s |\n|---|---:|---:|---:|---:|---:|"
+    )
     for name, per_step in result["seconds_per_step"].items():
         speedup = result["hone_speedup"].get(name)
         shown = f"{speedup:.2f}x" if speedup is not None else "-"
         tokens_per_second = result["tokens"] / per_step
-        print(f"| {name} | {per_step:.2f} | {tokens_per_second:.0f} | {shown} | {result['loss'][name]:.4f} |")
+        warm = result["warm_up_seconds"][name]
+        loss = result["loss"][name]
+        print(f"| {name} | {per_step:.2f} | {tokens_per_second:.0f} | {shown} | {loss:.4f} | {warm:.1f} |")
 
 
 if __name__ == "__main__":
