@@ -301,19 +301,10 @@ def markdown(medians: dict[str, dict[str, Any]], ratios: dict[str, dict[str, flo
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine(configs: Sequence[str]) -> dict[str, Any]:
     import transformers
 
-    from hone.train.hardware import cpu_bf16_native
+    from hone.train.hardware import cpu_bf16_native, cpu_name
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     if "llama.cpp" in configs:
@@ -323,7 +314,7 @@ def machine(configs: Sequence[str]) -> dict[str, Any]:
         versions["llama_cpp_system_info"] = llama_cpp.llama_print_system_info().decode().strip()
     return {
         "platform": platform.platform(),
-        "processor": cpu_model(),
+        "processor": cpu_name(),
         "cpu_native_bf16": cpu_bf16_native(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -463,23 +463,16 @@ def markdown(medians: dict[str, Any], ratios: dict[str, float], on: str) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine(on: str) -> dict[str, Any]:
     import peft
     import transformers
     import trl
 
+    from hone.train.hardware import cpu_name
+
     return {
         "platform": platform.platform(),
-        "processor": cpu_model(),
+        "processor": cpu_name(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

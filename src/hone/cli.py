@@ -286,7 +286,9 @@ def estimate(
     hardware: Annotated[
         str, typer.Option(help="cpu (measured here) or h100, a100-80gb, l4, t4, ...")
     ] = "cpu",
-    mfu: Annotated[float | None, typer.Option(help="Share of peak FLOP/s; cpu 0.5, GPU 0.35.")] = None,
+    mfu: Annotated[
+        float | None, typer.Option(help="Share of peak FLOP/s; cpu 0.5 (fp32) or 0.09 (bf16), GPU 0.35.")
+    ] = None,
     price_per_hour: Annotated[float | None, typer.Option(help="Machine price, USD/hour.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence; 512 or the data's mean.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per optimizer step.")] = 8,

@@ -25,9 +25,12 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 QLORA_DEQUANT_FACTOR = 1.2  # assumption: dequantising NF4 weights adds ~20% to each base-weight matmul
 LOGIT_COPIES = 2  # the fp32 logits and their softmax, kept for the loss's backward
 OVERHEAD_BYTES = 1.0 * GIB  # assumption: framework, allocator slack (and the CUDA context on a GPU)
-# Training reaches about half of the measured matmul rate on CPU: the shipped LoRA SFT config ran at 0.47
-# of it by the FLOP count below (README: 6.76 s/step at 8 x ~215 tokens on a 2-core machine of 330 GFLOP/s).
-CPU_MFU = 0.5
+# Share of the measured matmul rate that training reaches on CPU, by precision. fp32: about half (hone's
+# LoRA SFT of the quickstart ran at 0.47 of it, later 0.55: 5.41 s/step at 8 x ~200 tokens against 330
+# GFLOP/s on a 2-core machine). bf16 on AMX: the 1024x1024 matmul runs 10x faster than fp32 (3.3 TFLOP/s),
+# but a small model's step is then bound by everything that is not a large matmul: the same step took
+# 3.15 s, 0.09 of that rate (benchmarks/RESULTS.md).
+CPU_MFU = {"fp32": 0.5, "bf16": 0.09}
 GPU_MFU = 0.35  # a typical single-GPU fine-tuning utilisation of the datasheet peak
 CPU_PRICE_PER_HOUR = 0.10  # assumption: a small cloud VM of this machine's size
 HOURS_PER_MONTH = 730  # 24 * 365 / 12: a machine kept up all month

@@ -102,7 +102,7 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
     return Hardware(
         name="cpu",
         flops=flops,
-        mfu=mfu or CPU_MFU,
+        mfu=mfu or CPU_MFU[precision],
         memory=total_memory(),
         bandwidth=measure_bandwidth(),
         price_per_hour=CPU_PRICE_PER_HOUR if price_per_hour is None else price_per_hour,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,16 @@ def device_choice() -> Choice:
     if torch.cuda.is_available():
         return Choice("cuda", f"CUDA GPU found: {torch.cuda.get_device_name(0)}")
     return Choice("cpu", "no CUDA GPU found")
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (for benchmark records and run manifests)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def cpu_bf16_native() -> str | None:

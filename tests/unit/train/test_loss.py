@@ -33,12 +33,8 @@ def test_span_loss_equals_the_models_full_loss(tiny_model_dir) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    torch.manual_seed(0)
-    input_ids = torch.randint(0, 1000, (3, 12))
-    labels = input_ids.clone()
-    labels[0, :7] = X
-    labels[1, :4] = X
-    labels[2, :10] = X
+    inputs, labels = lora_batch()
+    input_ids = inputs["input_ids"]
     full = model(input_ids=input_ids, labels=labels).loss
     first = label_span(labels)
     positions = torch.arange(first, labels.size(1) - 1)
