@@ -1,0 +1,47 @@
+"""hone's hardware choices. Which CPU features are present cannot vary on one machine, so torch's own
+feature probes are replaced here; everything else is real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hone.config import TrainConfig, load_config
+from hone.train import hardware
+from hone.train.setup import Setup, load_base
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "native", "precision"),
+    [(True, True, "AMX", "bf16"), (False, True, "AVX512-BF16", "bf16"), (False, False, None, "fp32")],
+)
+def test_cpu_precision_follows_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, native: str | None, precision: str
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert hardware.cpu_bf16_native() == native
+    choice = hardware.precision_choice(TrainConfig(), "cpu")
+    assert choice.value == precision
+    assert (native or "without AMX") in choice.reason
+    assert hardware.precision_choice(TrainConfig(precision="fp32"), "cpu").value == "fp32"  # the config wins
+
+
+def test_full_fine_tuning_keeps_fp32_weights_under_bf16(tiny_model_dir: Path) -> None:
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    setup = Setup(
+        {
+            "device": hardware.Choice("cpu", ""),
+            "precision": hardware.Choice("bf16", ""),
+            "gradient checkpointing": hardware.Choice(False, ""),
+            "learning rate": hardware.Choice(config.train.resolved_learning_rate(), ""),
+        }
+    )
+    frozen = load_base(tiny_model_dir, setup, quantized=False)
+    trained = load_base(tiny_model_dir, setup, quantized=False, trained=True)
+    assert next(frozen.parameters()).dtype == torch.bfloat16  # a frozen base is held in bf16
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}  # AdamW updates fp32 master weights
