@@ -153,21 +153,16 @@ def step(
 def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int) -> dict[str, Any]:
     path = resolve_model(model_ref)
     inputs, labels = example_batch(load_tokenizer(path), batch)
-    native = cpu_bf16_native() is not None or torch.cuda.is_available()
-    models = {
-        dtype: lora_model(path, dtype)
-        for dtype in {torch.bfloat16 if native and VARIANTS[n].bf16 else torch.float32 for n in variants}
-    }
-    optimizers = {
-        dtype: torch.optim.AdamW(
-            [p for p in m.parameters() if p.requires_grad], lr=0.0
-        )  # same weights throughout
-        for dtype, m in models.items()
-    }
+    native = cpu_bf16_native() is not None
 
     def dtype_of(name: str) -> torch.dtype:
         return torch.bfloat16 if native and VARIANTS[name].bf16 else torch.float32
 
+    models = {dtype: lora_model(path, dtype) for dtype in {dtype_of(name) for name in variants}}
+    optimizers = {  # learning rate 0: every step sees the same weights
+        dtype: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.0)
+        for dtype, m in models.items()
+    }
     warm_up: dict[str, float] = {}
     for name in variants:  # not timed with the rest: compilation happens here
         began = time.perf_counter()

@@ -64,6 +64,8 @@ from typing import Any, Literal
 import torch
 from transformers import TrainerCallback
 
+from hone.train.hardware import cpu_bf16_native
+
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "examples" / "support-tickets"
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -120,19 +122,13 @@ def device() -> str:
 
 
 def fast_bf16(on: str) -> bool:
-    return on == "cuda" or cpu_has_native_bf16()
+    return on == "cuda" or cpu_bf16_native() is not None
 
 
 def uses_bf16(recipe: TrlRecipe | list[str], on: str) -> bool:
     if isinstance(recipe, list):  # hone's own choice (hone.train.hardware.precision_choice) unless overridden
         return "train.precision=bf16" in recipe or (fast_bf16(on) and "train.precision=fp32" not in recipe)
     return recipe.bf16 is None or recipe.bf16 is True or (recipe.bf16 == "auto" and fast_bf16(on))
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls as fast as fp32 or faster; without them ~15x slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def peak_memory_mib(on: str) -> float:
@@ -473,7 +469,7 @@ def machine(on: str) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": cpu_name(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_native_bf16": cpu_bf16_native() is not None,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if on == "cuda" else "cpu",
@@ -513,7 +509,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from hone.models.resolve import resolve_model
 
     on = device()
-    slow_bf16 = on == "cpu" and not cpu_has_native_bf16()
+    slow_bf16 = on == "cpu" and not cpu_bf16_native() is not None
     slow_steps = min(args.steps, args.steps_defaults) if slow_bf16 else args.steps
     if slow_steps < 2:
         parser.error("every run needs at least 2 steps: the first is warm-up and is not timed")

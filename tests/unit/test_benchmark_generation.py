@@ -4,29 +4,18 @@ tokens/s. llama.cpp runs on the shipped GGUF when llama-cpp-python is installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generation_speed.py"
 SMALL = ["--prompts", "3", "--max-new-tokens", "4", "--batch-sizes", "1", "2", "--rounds", "1"]
 
 
-def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generation_speed", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prompts_end_before_the_reply(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = load_script(monkeypatch)
+def test_prompts_end_before_the_reply(benchmark_script: Callable[[str], ModuleType]) -> None:
+    bench = benchmark_script("generation_speed")
     prompts = bench.load_prompts(bench.TEST_SPLIT, 3)
     assert len(prompts) == 3
     assert [m["role"] for m in prompts[0]] == ["system", "user"]
@@ -35,9 +24,9 @@ def test_prompts_end_before_the_reply(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_hone_matches_plain_and_every_entry_is_reported(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: Path, benchmark_script: Callable[[str], ModuleType]
 ) -> None:
-    bench = load_script(monkeypatch)
+    bench = benchmark_script("generation_speed")
     out = tmp_path / "generation.json"
     options = ["--model", str(tiny_model_dir), *SMALL, "--configs", "plain", "hone", "--threads", "1"]
     returned = bench.main([*options, "--out", str(out)])
@@ -64,20 +53,20 @@ def test_hone_matches_plain_and_every_entry_is_reported(
     assert report["order"] == ["plain", "hone"]
 
 
-def test_agreement_counts_identical_replies(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = load_script(monkeypatch)
+def test_agreement_counts_identical_replies(benchmark_script: Callable[[str], ModuleType]) -> None:
+    bench = benchmark_script("generation_speed")
     done = [bench.Completion("a", 1), bench.Completion(" b\n", 2), bench.Completion("c", 1)]
     reference = [bench.Completion("a", 1), bench.Completion("b", 2), bench.Completion("x", 1)]
     assert bench.agreement(done, reference) == pytest.approx(2 / 3)
 
 
 def test_llama_cpp_answers_every_prompt(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: Path, benchmark_script: Callable[[str], ModuleType]
 ) -> None:
     pytest.importorskip("llama_cpp")
     from hone.models.resolve import ALIASES
 
-    bench = load_script(monkeypatch)
+    bench = benchmark_script("generation_speed")
     gguf = ALIASES["smollm2-135m-instruct"].locate()  # ~100 MB Q4_1: loads in about a second
     out = tmp_path / "generation.json"
     options = ["--model", str(tiny_model_dir), *SMALL, "--configs", "plain", "llama.cpp", "--threads", "1"]

@@ -3,24 +3,18 @@ loss give the same loss on the same batch and dropout masks."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_step.py"
-
 
 def test_every_variant_is_timed_and_the_losses_agree(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, benchmark_script: Callable[[str], ModuleType]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("lora_step", SCRIPT)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("lora_step")
 
     variants = list(bench.DEFAULT_VARIANTS)
     result = bench.run(str(tiny_model_dir), variants, steps=1, rounds=2, batch=3)

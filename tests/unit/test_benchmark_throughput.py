@@ -4,32 +4,24 @@ runs each in a fresh one) to stay fast."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
-
-
-def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_report_has_every_configuration(
-    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_task: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    benchmark_script: Callable[[str], ModuleType],
 ) -> None:
-    bench = load_script(monkeypatch)
+    bench = benchmark_script("train_throughput")
 
     def in_process(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
         spec = bench.run_spec(name, spec, folder)
