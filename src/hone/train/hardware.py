@@ -24,7 +24,7 @@ def device_choice() -> Choice:
 
 
 def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (for benchmark records and run manifests)."""
+    """The CPU's model name as the OS reports it (for benchmark records)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(encoding="utf-8").splitlines():

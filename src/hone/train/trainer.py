@@ -57,6 +57,8 @@ def labelled_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """(summed cross-entropy over the labelled tokens, their number, the model's outputs).
 
+    With the head removed, the outputs' `logits` are the final hidden states of the scored positions.
+
     `unwrapped` is the model itself when `model` is a distributed wrapper around it; `mixed_precision`
     says that the forward runs under autocast, so PEFT need not copy the adapters' input to fp32.
     """
