@@ -7,13 +7,19 @@ every variant draws the same dropout masks where it uses the same dropout).
 
   hone            everything on: bf16 weights and autocast where the CPU has AMX or AVX512-BF16 (else
                   fp32), the LM head and its cross-entropy only on labelled positions, in chunks
-                  (hone.train.loss.linear_cross_entropy), LoRA input not copied to fp32 under autocast, and
-                  the vectorised LoRA dropout (hone.train.fast_lora).
+                  (hone.train.loss.linear_cross_entropy), the vectorised LoRA dropout and each adapter
+                  added by one addmm (hone.train.fast_lora), grouped-head attention
+                  (hone.train.cpu_attention), and RMSNorm and SwiGLU compiled into fused kernels
+                  (hone.train.compiled_ops; compiled in the untimed warm-up step, reported separately).
   span-logits     the model's own head from the first labelled position on, then the cross-entropy there
                   (hone's previous loss; every position after the first labelled one gets logits).
   full-logits     the model's own loss (logits for every position): what transformers does by default.
   torch-dropout   PEFT's nn.Dropout (torch.bernoulli_, boolean masks).
-  fp32-copies     PEFT copies every adapter's input to fp32 (its default), autocast copies it back.
+  peft-forward    PEFT's LoRA forward (result + B(A(x)) * scaling), its input not copied to fp32.
+  fp32-copies     PEFT's LoRA forward as it is: every adapter's input copied to fp32, autocast copies it back.
+  sdpa-attention  transformers' default attention: torch's scaled_dot_product_attention (flash on CPU).
+  eager-attention transformers' eager attention (repeated key/value heads, fp32 softmax).
+  eager-layers    transformers' RMSNorm and MLP modules as they are (not compiled).
   fp32            fp32 weights and compute, every other optimisation on.
   hone+compile    hone with the model wrapped in torch.compile (inductor); not run unless asked for
                   (--variants); its compilation happens in the untimed warm-up step, reported separately.
@@ -43,7 +49,9 @@ from hone.data.load import load_split
 from hone.data.tokenize import IGNORE_INDEX, tokenize_chat
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.models.templates import training_chat_template
-from hone.train.fast_lora import FastDropout, use_fast_dropout
+from hone.train.compiled_ops import compiled_layers
+from hone.train.cpu_attention import cpu_attention
+from hone.train.fast_lora import FastDropout, fused_lora, use_fast_dropout
 from hone.train.hardware import cpu_bf16_native
 from hone.train.loss import label_span, shifted_targets, sum_cross_entropy
 from hone.train.trainer import labelled_loss
@@ -57,6 +65,9 @@ class Variant:
     loss: str = "labelled"  # labelled | span | full
     fast_dropout: bool = True
     skip_fp32_copies: bool = True
+    fused_lora: bool = True
+    attention: str = "hone"  # hone | sdpa | eager
+    compiled_ops: bool = True
     bf16: bool = True  # where the CPU has native bf16
     compiled: bool = False
 
@@ -66,7 +77,11 @@ VARIANTS = {
     "span-logits": Variant(loss="span"),
     "full-logits": Variant(loss="full"),
     "torch-dropout": Variant(fast_dropout=False),
-    "fp32-copies": Variant(skip_fp32_copies=False),
+    "peft-forward": Variant(fused_lora=False),
+    "fp32-copies": Variant(fused_lora=False, skip_fp32_copies=False),
+    "sdpa-attention": Variant(attention="sdpa"),
+    "eager-attention": Variant(attention="eager"),
+    "eager-layers": Variant(compiled_ops=False),
     "fp32": Variant(bf16=False),
     "hone+compile": Variant(compiled=True),
 }
@@ -127,12 +142,27 @@ def compiled_model(model: Any) -> Any:
     return COMPILED[id(model)]
 
 
+@contextlib.contextmanager
+def configured(model: Any, v: Variant) -> Any:
+    """The model with the variant's dropout, LoRA forward and attention."""
+    set_dropout(model, v.fast_dropout)
+    with contextlib.ExitStack() as stack:
+        if v.fused_lora:
+            stack.enter_context(fused_lora(model))
+        if v.compiled_ops:
+            stack.enter_context(compiled_layers(model))
+        if v.attention == "hone":
+            stack.enter_context(cpu_attention(model))
+        else:
+            model.set_attn_implementation(v.attention)
+        yield model
+
+
 def step(
     model: Any, optimizer: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, v: Variant
 ) -> float:
     torch.manual_seed(SEED)
     runner = compiled_model(model) if v.compiled else model
-    set_dropout(model, v.fast_dropout)
     half = next(model.parameters()).dtype == torch.bfloat16
     skip_copies = half and v.skip_fp32_copies
     with torch.autocast("cpu", dtype=torch.bfloat16) if half else contextlib.nullcontext():
@@ -165,18 +195,19 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
     }
     warm_up: dict[str, float] = {}
     for name in variants:  # not timed with the rest: compilation happens here
-        began = time.perf_counter()
-        step(models[dtype_of(name)], optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
-        warm_up[name] = time.perf_counter() - began
+        with configured(models[dtype_of(name)], VARIANTS[name]) as model:
+            began = time.perf_counter()
+            step(model, optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
+            warm_up[name] = time.perf_counter() - began
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     losses: dict[str, float] = {}
     for number in range(rounds):
         for name in variants if number % 2 == 0 else variants[::-1]:
-            model, optimizer = models[dtype_of(name)], optimizers[dtype_of(name)]
-            began = time.perf_counter()
-            for _ in range(steps):
-                losses[name] = step(model, optimizer, inputs, labels, VARIANTS[name])
-            seconds[name].append((time.perf_counter() - began) / steps)
+            with configured(models[dtype_of(name)], VARIANTS[name]) as model:
+                began = time.perf_counter()
+                for _ in range(steps):
+                    losses[name] = step(model, optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
+                seconds[name].append((time.perf_counter() - began) / steps)
     per_step = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "model": model_ref,

@@ -1,5 +1,5 @@
-"""benchmarks/lora_step.py on the tiny model: every variant is timed, and the three ways of computing the
-loss give the same loss on the same batch and dropout masks."""
+"""benchmarks/lora_step.py on the tiny model: every variant is timed, and the ways of computing the loss,
+the LoRA forward and attention give the same loss on the same batch and dropout masks."""
 
 from __future__ import annotations
 
@@ -25,5 +25,6 @@ def test_every_variant_is_timed_and_the_losses_agree(
     loss = result["loss"]
     assert all(math.isfinite(value) for value in loss.values())
     tolerance = 2e-2 if result["bf16"] else 1e-5
-    for same in ("span-logits", "full-logits", "fp32-copies"):  # same masks, same loss
+    different = {"fp32", "torch-dropout"}  # other precision, other dropout masks
+    for same in set(variants) - different:  # same masks, same loss
         assert loss[same] == pytest.approx(loss["hone"], rel=tolerance), same

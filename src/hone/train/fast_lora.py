@@ -1,4 +1,4 @@
-"""A faster LoRA dropout for training on CPU: the same distribution, a cheaper random number source.
+"""Faster LoRA layers for training on CPU: a cheaper dropout and one fused matmul-add per adapter.
 
 PEFT applies `nn.Dropout` to the input of every LoRA adapter (`lora_dropout`). On CPU that is one
 Mersenne-Twister draw per element (`bernoulli_`) and then boolean-mask arithmetic, which has no vector
@@ -7,13 +7,24 @@ all the adapters' matmuls together. `FastDropout` draws 64-bit numbers and split
 ones (a quarter of the draws), compares them with one threshold, and multiplies by the mask as uint8,
 which vectorises like any other multiply. Each element is dropped with probability p to within
 2e-5. On CUDA PEFT's dropout stays: its Philox kernel is fast.
+
+PEFT's LoRA layer computes `result + lora_B(lora_A(dropout(x))) * scaling`: after the base layer's output,
+two more passes over a tensor of the output's size (the multiply and the add) and a third for their
+results, forward and backward, for each of the 210 adapted layers. `fused_lora` computes the same as
+`addmm(result, lora_A(dropout(x)), lora_B^T, alpha=scaling)`: one matmul that adds into a copy of the
+result, its backward handing the incoming gradient to the base layer as it is. Measured on one 576 -> 1536
+layer's forward and backward at 8 x 215 tokens in bf16: 8.1 ms instead of 11.7-15.5.
 """
 
 from __future__ import annotations
 
+import contextlib
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LEVELS = 1 << 16
@@ -72,3 +83,50 @@ def use_fast_dropout(model: nn.Module) -> int:
                 dropouts[name] = FastDropout(dropout.p)
                 replaced += 1
     return replaced
+
+
+def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """PEFT's lora.Linear forward for one plain adapter as one addmm; anything else goes to PEFT's own."""
+    active = self.active_adapters
+    name = active[0] if len(active) == 1 else None
+    plain = (
+        name in self.lora_A
+        and name not in self.lora_variant  # DoRA and the other variants
+        and self.lora_B[name].bias is None
+        and not (args or kwargs or self.disable_adapters or self.merged)
+    )
+    weight_a, weight_b = (self.lora_A[name].weight, self.lora_B[name].weight) if plain else (None, None)
+    # Without autocast, PEFT casts between the input's and the adapter's dtypes; keep its path for that.
+    if not plain or not (torch.is_autocast_enabled(x.device.type) or x.dtype == weight_a.dtype):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    hidden = F.linear(self.lora_dropout[name](x), weight_a)
+    fused = torch.addmm(
+        result.reshape(-1, result.shape[-1]),
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight_b.t(),
+        alpha=self.scaling[name],
+    )
+    return fused.view(result.shape)
+
+
+def lora_linears(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora.layer import Linear
+
+    return [m for m in model.modules() if type(m) is Linear and isinstance(m.base_layer, nn.Linear)]
+
+
+@contextlib.contextmanager
+def fused_lora(model: nn.Module) -> Iterator[int]:
+    """Inside the block, PEFT's LoRA linear layers add their adapter with one addmm; yields how many.
+
+    The layers' own forward comes back afterwards; their weights and state dict are never touched.
+    """
+    layers = [m for m in lora_linears(model) if not getattr(m, "fan_in_fan_out", False)]
+    for layer in layers:
+        layer.forward = types.MethodType(_fused_forward, layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)

@@ -7,6 +7,7 @@ the rest to these functions, so a fix to checkpointing or early stopping reaches
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from hone.models.resolve import load_model
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
-from hone.train.fast_lora import use_fast_dropout
+from hone.train.compiled_ops import compiled_layers
+from hone.train.cpu_attention import cpu_attention
+from hone.train.fast_lora import fused_lora, use_fast_dropout
 from hone.train.progress import RichProgress
 
 Head = Literal["causal", "score"]
@@ -275,9 +278,13 @@ def fit(
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
-    if trainer.args.use_cpu:
-        use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source (hone.train.fast_lora)
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with contextlib.ExitStack() as cpu_kernels:
+        if trainer.args.use_cpu:  # each measured in benchmarks/lora_step.py
+            use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source
+            cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added by one addmm
+            cpu_kernels.enter_context(cpu_attention(trainer.model))  # hone.train.cpu_attention
+            cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward
     eval_loss = state.best_metric if trainer.args.load_best_model_at_end and best_is_loss else None

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from toy_lora import lora_model, loss_and_grads
 
-from hone.train.fast_lora import FastDropout, keep_mask, use_fast_dropout
+from hone.train.fast_lora import FastDropout, fused_lora, keep_mask, lora_linears, use_fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -65,3 +66,39 @@ def test_use_fast_dropout_replaces_every_lora_dropout_and_keeps_the_saved_adapte
     inputs = torch.randint(0, 1000, (2, 9))
     model(input_ids=inputs, labels=inputs).loss.backward()
     assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_lora_gives_peft_s_loss_and_gradients(tiny_model_dir, autocast: bool) -> None:
+    model = lora_model(tiny_model_dir)  # no dropout: both paths see the same adapter inputs
+    ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(1))
+    keys = set(model.state_dict())
+    expected, expected_grads = loss_and_grads(model, ids, autocast)
+    with fused_lora(model) as fused:
+        assert fused == len(lora_linears(model)) == 14  # 7 linear layers in each of 2 blocks
+        loss, grads = loss_and_grads(model, ids, autocast)
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(loss, expected, **tolerance)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], **tolerance, msg=name)
+    assert not any("forward" in vars(m) for m in lora_linears(model))  # PEFT's forward is back
+    assert set(model.state_dict()) == keys
+
+
+def test_fused_lora_leaves_disabled_merged_and_dora_adapters_to_peft(tiny_model_dir) -> None:
+    ids = torch.randint(3, 1000, (1, 8), generator=torch.Generator().manual_seed(2))
+    dora = lora_model(tiny_model_dir, use_dora=True).eval()
+    plain = lora_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected = dora(input_ids=ids).logits
+        with plain.disable_adapter():
+            base = plain(input_ids=ids).logits
+        with fused_lora(dora), fused_lora(plain):
+            assert torch.equal(dora(input_ids=ids).logits, expected)
+            with plain.disable_adapter():
+                assert torch.equal(plain(input_ids=ids).logits, base)
+            adapted = plain(input_ids=ids).logits
+            plain.merge_adapter()
+            torch.testing.assert_close(plain(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(adapted, base)  # the adapters do change the output

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from hone.config import HoneConfig
 from hone.train import hardware
@@ -165,3 +167,42 @@ def test_report_to_an_unknown_logger_fails_before_training(
     with pytest.raises(HoneError, match=r"train\.report_to: unknown logger 'carrier-pigeon'"):
         run_training(config, Console(record=True))
     assert not (tmp_path / "runs").exists()
+
+
+class KernelSpy(TrainerCallback):
+    """What the model runs while training: its attention implementation and its replaced forwards."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.model: Any = None
+
+    @staticmethod
+    def kernels(model: Any) -> tuple[str, int]:
+        """(attention implementation, LoRA layers, norms and MLPs whose forward is replaced)."""
+        kinds = ("Linear", "RMSNorm", "MLP")  # accelerate also wraps the top model's forward: not counted
+        replaced = sum("forward" in vars(m) and type(m).__name__.endswith(kinds) for m in model.modules())
+        return model.get_base_model().config._attn_implementation, replaced
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.model = model
+        self.seen.append(self.kernels(model))
+
+
+def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_task: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hone.train import compiled_ops, sft
+
+    spy = KernelSpy()
+    shared = sft.callbacks
+    monkeypatch.setattr(sft, "callbacks", lambda *args: [*shared(*args), spy])
+    config = sft_lora(tmp_path, tiny_model_dir, small_task)
+    run = run_training(config, Console(record=True, width=160))
+    assert run.manifest["status"] == "completed"
+    lora_layers = 7 * 2  # every linear layer of the two blocks
+    fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0  # norms and MLPs
+    assert spy.seen and all(seen == ("hone_cpu", lora_layers + fused) for seen in spy.seen)
+    assert KernelSpy.kernels(spy.model) == ("sdpa", 0)  # as transformers and PEFT made it
