@@ -47,9 +47,20 @@ def silu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+# Each dtype, gradient requirement and size-1 dimension is one compiled variant. Past dynamo's limit
+# (8 per function) new variants silently run eager: in a process that trains several times that mixes
+# compiled and eager roundings, and DPO's reference and policy passes must round alike (its first-step
+# margins are exactly 0). 64 covers every combination hone's methods and precisions produce.
+RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    return torch.compile(function, dynamic=True)
+    import torch._dynamo.config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # Round at every cast as eager does (bf16 norms then differ from eager by float reduction order only).
+    return torch.compile(function, dynamic=True, options={"emulate_precision_casts": True})
 
 
 @functools.cache

@@ -74,3 +74,16 @@ def test_other_model_types_are_left_alone() -> None:
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     with compiled_layers(model) as replaced:
         assert replaced == 0
+
+
+def test_the_logits_round_the_same_with_and_without_gradients(tiny_model_dir: Path) -> None:
+    """DPO's reference pass runs without gradients and its policy pass with them: at the first step both
+    must give the same log-probabilities, so the compiled kernels may not round differently in the two."""
+    model = lora_model(tiny_model_dir).to(torch.bfloat16)
+    ids = torch.randint(3, 1000, (2, 9), generator=torch.Generator().manual_seed(4))
+    with compiled_layers(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            inference = model(input_ids=ids).logits
+        training = model(input_ids=ids).logits
+    assert training.requires_grad
+    assert torch.equal(training.detach(), inference)
