@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from hone.errors import HoneError
 from hone.estimate import (
+    CPU_MFU,
     GIB,
     NF4_BYTES,
     QLORA_DEQUANT_FACTOR,
@@ -274,7 +275,7 @@ def test_this_cpu_is_measured() -> None:
     expected = "bf16" if cpu_bf16_native() else "fp32"  # what hone trains in on this CPU
     assert (cpu.precision, cpu.mfu, cpu.price_per_hour) == (
         expected,
-        {"fp32": 0.5, "bf16": 0.09}[expected],
+        CPU_MFU[expected],
         0.10,
     )
     assert expected in cpu.basis
