@@ -7,7 +7,7 @@ as many; on CPU, where memory bandwidth and per-op overhead dominate at fine-tun
 ~35 s of compilation, recompiles for every new padded length and breaks its graph at PEFT's layers; it
 paid only after 100-250 steps. Here only these two pure functions are compiled (inductor, dynamic shapes:
 one compilation per dtype for every batch size and length), ~9 s once per process, and each runs forward
-and backward as one fused loop: measured 6x faster for the norm and 2x for the product, 1.13x for the
+and backward as one fused loop: measured 6x faster for the norm and 2x for the product, 1.07-1.13x for the
 whole step.
 
 The computations are transformers' own (LlamaRMSNorm and LlamaMLP's forward, written out below), so the
