@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hone.train.cpu_attention import PLAIN_ATTENTION, language_model
+from hone.train.cpu_attention import PLAIN_ATTENTION
+from hone.train.swap import forwards_replaced, language_model
 
 # Model types whose RMSNorm is weight * normalised(x in fp32).to(x's dtype) and whose MLP is
 # down(act(gate(x)) * up(x)): the families of hone.train.cpu_attention.
@@ -117,11 +117,5 @@ def compiled_layers(model: nn.Module) -> Iterator[int]:
 
     Their own forward comes back afterwards; no weight or state-dict entry is touched.
     """
-    layers = fusable(model) if inductor_works() else []
-    for module, forward in layers:
-        module.forward = types.MethodType(forward, module)
-    try:
-        yield len(layers)
-    finally:
-        for module, _ in layers:
-            module.__dict__.pop("forward", None)
+    with forwards_replaced(fusable(model) if inductor_works() else []) as replaced:
+        yield replaced

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hone.train.swap import language_model
+
 NAME = "hone_cpu"
 
 # Model types whose attention modules hand the attention function nothing beyond query/key/value, an
@@ -71,12 +73,6 @@ def supported(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
     plain = getattr(config, "model_type", None) in PLAIN_ATTENTION
     return plain and hasattr(model, "set_attn_implementation")
-
-
-def language_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 @contextlib.contextmanager

@@ -19,13 +19,14 @@ layer's forward and backward at 8 x 215 tokens in bf16: 8.1 ms instead of 11.7-1
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hone.train.swap import forwards_replaced
 
 LEVELS = 1 << 16
 
@@ -95,16 +96,18 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         and self.lora_B[name].bias is None
         and not (args or kwargs or self.disable_adapters or self.merged)
     )
-    weight_a, weight_b = (self.lora_A[name].weight, self.lora_B[name].weight) if plain else (None, None)
+    if not plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    weight_a = self.lora_A[name].weight
     # Without autocast, PEFT casts between the input's and the adapter's dtypes; keep its path for that.
-    if not plain or not (torch.is_autocast_enabled(x.device.type) or x.dtype == weight_a.dtype):
+    if not (torch.is_autocast_enabled(x.device.type) or x.dtype == weight_a.dtype):
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     hidden = F.linear(self.lora_dropout[name](x), weight_a)
     fused = torch.addmm(
         result.reshape(-1, result.shape[-1]),
         hidden.reshape(-1, hidden.shape[-1]),
-        weight_b.t(),
+        self.lora_B[name].weight.t(),
         alpha=self.scaling[name],
     )
     return fused.view(result.shape)
@@ -123,10 +126,5 @@ def fused_lora(model: nn.Module) -> Iterator[int]:
     The layers' own forward comes back afterwards; their weights and state dict are never touched.
     """
     layers = [m for m in lora_linears(model) if not getattr(m, "fan_in_fan_out", False)]
-    for layer in layers:
-        layer.forward = types.MethodType(_fused_forward, layer)
-    try:
-        yield len(layers)
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
+    with forwards_replaced([(layer, _fused_forward) for layer in layers]) as replaced:
+        yield replaced
