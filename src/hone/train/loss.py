@@ -43,6 +43,28 @@ def sum_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return total, (flat_targets != IGNORE_INDEX).sum()
 
 
+def logits_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of `logits` against `targets`, its gradient in the logits' dtype), in fp32.
+
+    On CPU this runs compiled (hone.train.compiled_ops.compiled): the upcast, log-sum-exp, softmax and
+    one-hot subtraction become two fused loops over the logits instead of eight eager passes (3x faster
+    for SmolLM2's 49152-word vocabulary, forward and backward of the loss together).
+    """
+    x = logits.float()
+    log_norm = torch.logsumexp(x, dim=-1)
+    total = (log_norm - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    softmax = (x - log_norm[:, None]).exp()
+    columns = torch.arange(x.size(1), device=x.device)
+    grad = torch.where(columns[None, :] == targets[:, None], softmax - 1, softmax)
+    return total, grad.to(logits.dtype)
+
+
+def loss_and_grad_function() -> Any:
+    from hone.train.compiled_ops import compiled, inductor_works
+
+    return compiled(logits_loss_and_grad) if inductor_works() else logits_loss_and_grad
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T` against `targets`, in chunks of rows, never holding the
     logits of more than one chunk.
@@ -62,17 +84,17 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        loss_and_grad = loss_and_grad_function() if hidden.device.type == "cpu" else logits_loss_and_grad
         for start in range(0, hidden.size(0), rows):
             chunk = hidden[start : start + rows].to(weight.dtype)
             target = targets[start : start + rows]
-            logits = (chunk @ weight.T).float()
-            log_norm = torch.logsumexp(logits, dim=-1)
-            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
             if not (need_hidden or need_weight):
+                logits = (chunk @ weight.T).float()
+                picked = logits.gather(1, target[:, None]).squeeze(1)
+                total += (torch.logsumexp(logits, dim=-1) - picked).sum()
                 continue
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
-            grad_logits[torch.arange(target.size(0), device=target.device), target] -= 1
-            grad_logits = grad_logits.to(weight.dtype)
+            chunk_total, grad_logits = loss_and_grad(chunk @ weight.T, target)
+            total += chunk_total
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = grad_logits @ weight
             if grad_weight is not None:

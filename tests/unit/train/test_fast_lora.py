@@ -14,7 +14,7 @@ def test_keep_mask_drops_p_of_every_lane(p: float) -> None:
     torch.manual_seed(0)
     count = 400_003  # not a multiple of four: the last word is cut
     keep = keep_mask(torch.Size([count]), p, torch.device("cpu"))
-    assert keep.dtype == torch.uint8 and keep.shape == (count,)
+    assert keep.dtype == torch.int16 and keep.shape == (count,)
     assert set(keep.unique().tolist()) == {0, 1}
     for lane in range(4):  # the four 16-bit lanes of each random word come from different bits
         dropped = 1 - keep[lane::4].double().mean().item()
@@ -43,6 +43,14 @@ def test_fast_dropout_scales_kept_values_and_routes_gradients_through_its_mask(d
     assert 0.1 < 1 - kept.float().mean().item() < 0.4
     out.sum().backward()
     assert torch.allclose(x.grad.float(), kept.float() / 0.75, rtol=1e-2)
+
+
+def test_keep_mask_takes_the_integer_width_of_the_values_it_masks() -> None:
+    torch.manual_seed(5)
+    narrow = keep_mask(torch.Size([40, 9]), 0.3, torch.device("cpu"))
+    torch.manual_seed(5)
+    wide = keep_mask(torch.Size([40, 9]), 0.3, torch.device("cpu"), torch.int32)
+    assert wide.dtype == torch.int32 and torch.equal(wide.to(torch.int16), narrow)
 
 
 def test_fast_dropout_is_the_identity_when_evaluating() -> None:
@@ -84,6 +92,29 @@ def test_fused_lora_gives_peft_s_loss_and_gradients(tiny_model_dir, autocast: bo
         torch.testing.assert_close(grad, expected_grads[name], **tolerance, msg=name)
     assert not any("forward" in vars(m) for m in lora_linears(model))  # PEFT's forward is back
     assert set(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_lora_with_fast_dropout_gives_peft_s_loss_and_gradients_under_the_same_masks(
+    tiny_model_dir, autocast: bool
+) -> None:
+    """The fused path drops without rescaling and folds 1/(1-p) into the adapter's scaling: the same
+    function as PEFT's forward with FastDropout, drawing the same masks in the same order."""
+    model = lora_model(tiny_model_dir, lora_dropout=0.3)
+    assert use_fast_dropout(model) == 14
+    ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(11)
+    expected, expected_grads = loss_and_grads(model, ids, autocast)
+    torch.manual_seed(12)
+    other, _ = loss_and_grads(model, ids, autocast)
+    assert not torch.allclose(other, expected)  # the masks matter
+    with fused_lora(model):
+        torch.manual_seed(11)
+        loss, grads = loss_and_grads(model, ids, autocast)
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(loss, expected, **tolerance)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], **tolerance, msg=name)
 
 
 def test_fused_lora_leaves_disabled_merged_and_dora_adapters_to_peft(tiny_model_dir) -> None:

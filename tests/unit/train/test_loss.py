@@ -4,6 +4,7 @@ from unittest.mock import patch
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hone.data.tokenize import IGNORE_INDEX
 from hone.train.loss import chunk_rows, label_span, linear_cross_entropy, shifted_targets, sum_cross_entropy
@@ -136,3 +137,21 @@ def test_labelled_loss_under_bf16_autocast_feeds_bf16_input_to_fp32_adapters(tin
     assert torch.allclose((total / count).float(), expected.float(), rtol=2e-2)
     assert adapter.grad is not None and adapter.grad.dtype == torch.float32
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())  # restored
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_loss_and_grad_eager_and_compiled_equal_autograd_cross_entropy(dtype: torch.dtype) -> None:
+    from hone.train.loss import logits_loss_and_grad, loss_and_grad_function
+
+    generator = torch.Generator().manual_seed(6)
+    logits = (torch.randn(7, 300, generator=generator) * 3).to(dtype)
+    targets = torch.randint(0, 300, (7,), generator=generator)
+    reference = logits.float().requires_grad_(True)
+    expected = F.cross_entropy(reference, targets, reduction="sum")
+    expected.backward()
+    tolerance = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    for function in (logits_loss_and_grad, loss_and_grad_function()):
+        total, grad = function(logits, targets)
+        assert grad.dtype == dtype and grad.shape == logits.shape
+        torch.testing.assert_close(total, expected.detach(), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(grad.float(), reference.grad, **tolerance)
