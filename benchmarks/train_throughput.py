@@ -28,8 +28,8 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 hone.train.pipeline.run_training with tracking and in-loop validation off, so hone's own
                 choices: bf16 where it is fast (as trl-tuned; hone+fp32 forces fp32), no gradient
                 checkpointing, padded batches, assistant-only labels, the LM head and its cross-entropy only
-                on labelled positions in chunks (hone.train.loss), and on CPU a vectorised LoRA dropout
-                and one addmm per adapter (hone.train.fast_lora), grouped-head attention
+                on labelled positions in chunks (hone.train.loss), and on CPU a cheaper LoRA dropout
+                and each adapter added in place (hone.train.fast_lora), grouped-head attention
                 (hone.train.cpu_attention) and compiled RMSNorm/SwiGLU (hone.train.compiled_ops).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's

@@ -281,7 +281,7 @@ def fit(
     with contextlib.ExitStack() as cpu_kernels:
         if trainer.args.use_cpu:  # each measured in benchmarks/lora_step.py
             use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source
-            cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added by one addmm
+            cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added in place
             cpu_kernels.enter_context(cpu_attention(trainer.model))  # hone.train.cpu_attention
             cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
