@@ -47,16 +47,24 @@ def logits_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[t
     """(summed cross-entropy of `logits` against `targets`, its gradient in the logits' dtype), in fp32.
 
     On CPU this runs compiled (hone.train.compiled_ops.compiled): the upcast, log-sum-exp, softmax and
-    one-hot subtraction become two fused loops over the logits instead of eight eager passes (3x faster
-    for SmolLM2's 49152-word vocabulary, forward and backward of the loss together).
+    one-hot subtraction become two fused loops over the logits instead of eight eager passes. The
+    exponent is clamped at -87 (e^-87 ~ 1.6e-38, still a normal float): torch's CPU exp is 6-9x slower on
+    arguments whose result would be denormal or zero, which most of a vocabulary's are; each such term
+    changes by less than 1.6e-38, far below the fp32 sum's and the bf16 gradient's rounding. Measured
+    with SmolLM2's 49152-word vocabulary on 270 rows, forward and backward of the loss: 139 ms eager,
+    59 ms compiled, 29 ms compiled and clamped.
     """
     x = logits.float()
-    log_norm = torch.logsumexp(x, dim=-1)
-    total = (log_norm - x.gather(1, targets[:, None]).squeeze(1)).sum()
-    softmax = (x - log_norm[:, None]).exp()
+    top = x.amax(dim=-1, keepdim=True)
+    log_norm = top + (x - top).clamp(min=LOWEST_EXPONENT).exp().sum(dim=-1, keepdim=True).log()
+    total = (log_norm.squeeze(1) - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    softmax = (x - log_norm).clamp(min=LOWEST_EXPONENT).exp()
     columns = torch.arange(x.size(1), device=x.device)
     grad = torch.where(columns[None, :] == targets[:, None], softmax - 1, softmax)
     return total, grad.to(logits.dtype)
+
+
+LOWEST_EXPONENT = -87.0
 
 
 def loss_and_grad_function() -> Any:
