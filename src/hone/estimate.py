@@ -29,9 +29,9 @@ OVERHEAD_BYTES = 1.0 * GIB  # assumption: framework, allocator slack (and the CU
 # LoRA SFT of the quickstart ran at 0.47 of it, later 0.55: 5.41 s/step at 8 x ~200 tokens against 330
 # GFLOP/s on a 2-core machine). bf16 on AMX: the 1024x1024 matmul runs 10x faster than fp32 (3.3 TFLOP/s),
 # but a small model's step is then bound by everything that is not a large matmul: the same step took
-# 3.15 s, 0.09 of that rate, and 2.68 s (0.106) after hone's CPU attention and fused kernels
-# (benchmarks/RESULTS.md).
-CPU_MFU = {"fp32": 0.5, "bf16": 0.106}
+# 3.15 s, 0.09 of that rate, 2.68 s (0.106) after hone's CPU attention and fused kernels, and 2.2-2.4 s
+# (0.12) after the cheaper dropout, the in-place adapter add and the compiled loss (benchmarks/RESULTS.md).
+CPU_MFU = {"fp32": 0.5, "bf16": 0.12}
 GPU_MFU = 0.35  # a typical single-GPU fine-tuning utilisation of the datasheet peak
 CPU_PRICE_PER_HOUR = 0.10  # assumption: a small cloud VM of this machine's size
 HOURS_PER_MONTH = 730  # 24 * 365 / 12: a machine kept up all month
