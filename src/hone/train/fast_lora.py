@@ -6,10 +6,10 @@ kernel: with 210 adapted layers it took ~1.2 s of a 5 s LoRA step of SmolLM2-135
 all the adapters' matmuls together. `FastDropout` instead:
 - draws 64-bit words from numpy's SFC64 (seeded from torch's generator, so `torch.manual_seed` still
   fixes every mask), splits each into four 16-bit lanes and compares them with one threshold (a quarter
-  of the draws; each element dropped with probability p to within 2e-5), 2.5x faster than the same with
-  torch's generator and comparison;
+  of the draws; each element dropped with probability p to within 2e-5), about 2x faster than the same
+  with torch's generator and comparison;
 - zeroes the dropped elements by multiplying the float's bits, read as integers of its width, by a 0/1
-  integer mask (10x faster here than multiplying a bf16 tensor by a uint8 or bool mask, which torch runs
+  integer mask (5x faster here than multiplying a bf16 tensor by a uint8 or bool mask, which torch runs
   as an unvectorised cast and multiply), forward and backward;
 - leaves the 1/(1-p) rescaling to the adapter's matmul (`fused_lora` folds it into the adapter's
   scaling), saving a pass over the input forward and backward.
@@ -46,8 +46,8 @@ def keep_mask(
     """A 0/1 integer mask of `shape`: each element 0 with probability p (to within 2e-5), else 1.
 
     Reproducible under torch's seed: on CPU the words come from numpy's SFC64 seeded by a draw from
-    torch's generator, and numpy writes the comparison straight into the integer mask (together 2.5x
-    faster than torch's generator, comparison and conversion).
+    torch's generator, and numpy writes the comparison straight into the integer mask (together about
+    2x faster than torch's generator, comparison and conversion).
     """
     count = shape.numel()
     words = (count + 3) // 4
