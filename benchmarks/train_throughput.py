@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from hone.models.resolve import resolve_model
 
     on = device()
-    slow_bf16 = on == "cpu" and not cpu_bf16_native() is not None
+    slow_bf16 = not fast_bf16(on)
     slow_steps = min(args.steps, args.steps_defaults) if slow_bf16 else args.steps
     if slow_steps < 2:
         parser.error("every run needs at least 2 steps: the first is warm-up and is not timed")
