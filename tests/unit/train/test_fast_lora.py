@@ -6,7 +6,56 @@ import pytest
 import torch
 from toy_lora import lora_model, loss_and_grads
 
-from hone.train.fast_lora import FastDropout, fused_lora, keep_mask, lora_linears, use_fast_dropout
+import hone.train.fast_lora
+from hone.train.compiled_ops import compiled, inductor_works
+from hone.train.fast_lora import (
+    FastDropout,
+    fused_lora,
+    keep_mask,
+    lora_linears,
+    random_words,
+    splitmix64,
+    use_fast_dropout,
+)
+
+WORD = (1 << 64) - 1
+
+
+def reference_splitmix64(state: int, count: int) -> list[int]:
+    """SplitMix64 as published (unsigned 64-bit), outputs for the states state + i * golden ratio."""
+    out = []
+    for i in range(count):
+        z = (state + i * 0x9E3779B97F4A7C15) & WORD
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & WORD
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & WORD
+        out.append(z ^ (z >> 31))
+    return out
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+def test_splitmix64_gives_the_published_generator_s_words(compile_it: bool) -> None:
+    if compile_it and not inductor_works():
+        pytest.skip("inductor cannot compile here")
+    function = compiled(splitmix64) if compile_it else splitmix64
+    for state in (0, 12345, (1 << 62) - 7):
+        words = function(torch.tensor(state), 37)
+        assert [w & WORD for w in words.tolist()] == reference_splitmix64(state, 37)
+    # SplitMix64 seeded with 0 starts 0xE220A8397B1DCDAF: its first state is 0 + golden
+    first = function(torch.tensor(0x9E3779B97F4A7C15 - (1 << 64)), 1)
+    assert int(first) & WORD == 0xE220A8397B1DCDAF
+
+
+def test_without_a_compiler_the_words_come_from_numpy_and_still_follow_the_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hone.train.fast_lora, "inductor_works", lambda: False)
+    torch.manual_seed(11)
+    first = random_words(1000)
+    torch.manual_seed(11)
+    assert torch.equal(first, random_words(1000)) and first.dtype == torch.int64
+    count = 200_000
+    keep = keep_mask(torch.Size([count]), 0.05, torch.device("cpu"))
+    assert abs((1 - keep.double().mean().item()) - 0.05) < 5 * math.sqrt(0.05 * 0.95 / count)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
