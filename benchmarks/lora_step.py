@@ -8,7 +8,8 @@ every variant draws the same dropout masks where it uses the same dropout).
   hone            everything on: bf16 weights and autocast where the CPU has AMX or AVX512-BF16 (else
                   fp32), the LM head and its cross-entropy only on labelled positions, in chunks, the
                   softmax and its gradient compiled (hone.train.loss.linear_cross_entropy), the LoRA
-                  dropout drawn by numpy and applied to the input's bits, and each adapter added into the
+                  dropout drawn by a compiled SplitMix64 kernel and applied to the input's bits, and each
+                  adapter added into the
                   base layer's output in place (hone.train.fast_lora), grouped-head attention
                   (hone.train.cpu_attention), and RMSNorm and SwiGLU compiled into fused kernels
                   (hone.train.compiled_ops; compiled in the untimed warm-up step, reported separately).

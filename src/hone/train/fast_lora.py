@@ -23,6 +23,10 @@ results, forward and backward, for each of the 210 adapted layers. `fused_lora` 
 base layer's fresh output in place, `result += scaling * lora_A(dropout(x)) @ lora_B^T` as one GEMM with
 beta 1, its backward handing the incoming gradient to the base layer as it is (`_AddLowRank`: torch's own
 in-place addmm_ copies in its backward, its out-of-place addmm copies the result in its forward).
+Where the base layer is a frozen nn.Linear in the compute dtype (hone's LoRA on CPU), base layer, dropout
+and adapter are one autograd node (`_FrozenLinearWithLowRank`) whose backward zeroes the adapter's input
+gradient in place and adds the base layer's into it within that GEMM (beta 1), instead of autograd adding
+the two as fresh tensors.
 """
 
 from __future__ import annotations
@@ -122,12 +126,16 @@ class FastDropout(nn.Module):
         """What the kept elements are multiplied by: 1/(1-p) in training, else 1."""
         return 1.0 / (1.0 - self.p) if self.training and self.p > 0 else 1.0
 
+    def keep(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A fresh 0/1 mask for x in x's integer width, or None where this dropout drops nothing."""
+        if not self.training or self.p == 0:
+            return None
+        return keep_mask(x.shape, self.p, x.device, INTEGER_OF_SIZE[x.element_size()])
+
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
         """The dropout without its rescaling: the caller multiplies by `rescale` where it is cheaper."""
-        if not self.training or self.p == 0:
-            return x
-        keep = keep_mask(x.shape, self.p, x.device, INTEGER_OF_SIZE[x.element_size()])
-        return _Dropped.apply(x, keep)
+        keep = self.keep(x)
+        return x if keep is None else _Dropped.apply(x, keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -177,6 +185,60 @@ class _AddLowRank(torch.autograd.Function):
         return grad, grad_hidden.view(hidden.shape), grad_b.mul_(ctx.alpha), None
 
 
+class _FrozenLinearWithLowRank(torch.autograd.Function):
+    """base(x) + alpha * (keep * x) @ A^T @ B^T for a frozen base layer, as one autograd node.
+
+    Autograd would add the base layer's input gradient and the adapter's as two fresh tensors (one more
+    pass over the input's size per adapted layer, 210 here). This backward computes the adapter's part,
+    zeroes the dropped elements in place, and adds the base layer's part into it within its GEMM (beta 1).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        weight_a: torch.Tensor,
+        weight_b: torch.Tensor,
+        alpha: float,
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, x.size(-1))
+        dropped = rows if keep is None else zeroed(rows, keep.view(rows.shape))
+        hidden = dropped @ weight_a.to(x.dtype).t()
+        result = F.linear(rows, weight, bias)
+        result.addmm_(hidden, weight_b.to(x.dtype).t(), alpha=alpha)
+        ctx.save_for_backward(weight, keep, dropped, hidden, weight_a, weight_b)
+        ctx.alpha = alpha
+        return result.view(*x.shape[:-1], result.size(-1))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        weight, keep, dropped, hidden, weight_a, weight_b = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.size(-1))
+        grad_hidden = rows @ (weight_b * ctx.alpha).to(grad.dtype)
+        grad_b = (hidden.t() @ rows).t().to(weight_b.dtype).mul_(ctx.alpha)  # see _AddLowRank
+        grad_a = (grad_hidden.t() @ dropped).to(weight_a.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_hidden @ weight_a.to(grad.dtype)
+            if keep is not None:
+                grad_x.view(keep.dtype).mul_(keep.view(grad_x.shape))
+            grad_x.addmm_(rows, weight)
+            grad_x = grad_x.view(*grad.shape[:-1], grad_x.size(-1))
+        return grad_x, None, None, None, grad_a, grad_b, None
+
+
+def frozen_plain(base: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `base` is a plain nn.Linear with frozen weights in x's dtype, which x is computed in."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if type(base) is not nn.Linear or base.weight.requires_grad or not base.weight.dtype == x.dtype == dtype:
+        return False
+    return base.bias is None or not base.bias.requires_grad
+
+
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's lora.Linear forward for one plain adapter, added in place; anything else goes to PEFT's own."""
     active = self.active_adapters
@@ -194,12 +256,18 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     if not (torch.is_autocast_enabled(x.device.type) or x.dtype == weight_a.dtype):
         return type(self).forward(self, x, *args, **kwargs)
     dropout, alpha = self.lora_dropout[name], self.scaling[name]
+    base, weight_b = self.base_layer, self.lora_B[name].weight
+    if isinstance(dropout, (FastDropout, nn.Identity)) and frozen_plain(base, x):
+        keep = dropout.keep(x) if isinstance(dropout, FastDropout) else None
+        if keep is not None:  # its 1/(1-p) goes into the adapter's scaling
+            alpha *= dropout.rescale
+        return _FrozenLinearWithLowRank.apply(x, base.weight, base.bias, keep, weight_a, weight_b, alpha)
     if isinstance(dropout, FastDropout):  # its 1/(1-p) goes into the adapter's scaling
         dropped, alpha = dropout.unscaled(x), alpha * dropout.rescale
     else:
         dropped = dropout(x)
-    result = self.base_layer(x)  # a fresh tensor (nn.Linear): the adapter may be added into it
-    return _AddLowRank.apply(result, F.linear(dropped, weight_a), self.lora_B[name].weight, alpha)
+    result = base(x)  # a fresh tensor (nn.Linear): the adapter may be added into it
+    return _AddLowRank.apply(result, F.linear(dropped, weight_a), weight_b, alpha)
 
 
 def lora_linears(model: nn.Module) -> list[nn.Module]:

@@ -182,3 +182,64 @@ def test_fused_lora_leaves_disabled_merged_and_dora_adapters_to_peft(tiny_model_
             plain.merge_adapter()
             torch.testing.assert_close(plain(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(adapted, base)  # the adapters do change the output
+
+
+def backward_nodes(loss: torch.Tensor) -> set[str]:
+    """The names of every node in loss's autograd graph."""
+    seen, stack, names = set(), [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(parent for parent, _ in node.next_functions)
+    return names
+
+
+def graph_of_one_pass(model, ids: torch.Tensor, autocast: bool) -> set[str]:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return backward_nodes(model(input_ids=ids, labels=ids).loss)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_frozen_bf16_base_and_its_adapter_are_one_node_with_peft_s_loss_and_gradients(
+    tiny_model_dir, dropout: float
+) -> None:
+    """hone's CPU setting: the frozen base in bf16, fp32 adapters, bf16 autocast. Base layer and adapter
+    run as one autograd node whose backward adds the base layer's input gradient inside its GEMM."""
+    model = lora_model(tiny_model_dir, lora_dropout=dropout)
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.bfloat16)
+    use_fast_dropout(model)
+    ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(21)
+    expected, expected_grads = loss_and_grads(model, ids, autocast=True)
+    with fused_lora(model):
+        assert "_FrozenLinearWithLowRankBackward" in graph_of_one_pass(model, ids, autocast=True)
+        torch.manual_seed(21)
+        loss, grads = loss_and_grads(model, ids, autocast=True)
+    torch.testing.assert_close(loss, expected, atol=2e-2, rtol=2e-2)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=2e-2, rtol=5e-2, msg=name)
+
+
+def test_base_layers_in_another_dtype_or_being_trained_keep_their_own_node(tiny_model_dir) -> None:
+    model = lora_model(tiny_model_dir)
+    ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(8))
+    with fused_lora(model):
+        assert "_FrozenLinearWithLowRankBackward" in graph_of_one_pass(model, ids, autocast=False)
+        # fp32 weights under bf16 autocast: the base layer is autocast's, the adapter added in place
+        mixed = graph_of_one_pass(model, ids, autocast=True)
+        assert "_AddLowRankBackward" in mixed and "_FrozenLinearWithLowRankBackward" not in mixed
+    trained = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    trained.requires_grad_(True)
+    expected, expected_grads = loss_and_grads(model, ids)
+    with fused_lora(model):
+        loss, grads = loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, expected)
+    name = next(n for n, p in model.named_parameters() if p is trained)
+    assert grads[name].abs().sum() > 0
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], atol=1e-6, rtol=1e-5, msg=key)
