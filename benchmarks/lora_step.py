@@ -8,11 +8,12 @@ every variant draws the same dropout masks where it uses the same dropout).
   hone            everything on: bf16 weights and autocast where the CPU has AMX or AVX512-BF16 (else
                   fp32), the LM head and its cross-entropy only on labelled positions, in chunks, the
                   softmax and its gradient compiled (hone.train.loss.linear_cross_entropy), the LoRA
-                  dropout drawn by a compiled SplitMix64 kernel and applied to the input's bits, and each
-                  adapter added into the
-                  base layer's output in place (hone.train.fast_lora), grouped-head attention
-                  (hone.train.cpu_attention), and RMSNorm and SwiGLU compiled into fused kernels
-                  (hone.train.compiled_ops; compiled in the untimed warm-up step, reported separately).
+                  dropout drawn by a compiled SplitMix64 kernel and applied to the input's bits, each
+                  frozen base layer and its adapter one autograd node with the adapter added in place
+                  (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
+                  embedding written half by half (hone.train.rotary), and RMSNorm and SwiGLU compiled
+                  into fused kernels (hone.train.compiled_ops; compiled in the untimed warm-up step,
+                  reported separately).
   span-logits     the model's own head from the first labelled position on, then the cross-entropy there
                   (hone's previous loss; every position after the first labelled one gets logits).
   full-logits     the model's own loss (logits for every position): what transformers does by default.
@@ -22,6 +23,7 @@ every variant draws the same dropout masks where it uses the same dropout).
   sdpa-attention  transformers' default attention: torch's scaled_dot_product_attention (flash on CPU).
   eager-attention transformers' eager attention (repeated key/value heads, fp32 softmax).
   eager-layers    transformers' RMSNorm and MLP modules as they are (not compiled).
+  eager-rotary    transformers' rotary embedding (q * cos + rotate_half(q) * sin) instead of hone's.
   fp32            fp32 weights and compute, every other optimisation on.
   hone+compile    hone with the model wrapped in torch.compile (inductor); not run unless asked for
                   (--variants); its compilation happens in the untimed warm-up step, reported separately.
@@ -56,6 +58,7 @@ from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import FastDropout, fused_lora, use_fast_dropout
 from hone.train.hardware import cpu_bf16_native
 from hone.train.loss import label_span, shifted_targets, sum_cross_entropy
+from hone.train.rotary import fused_rotary
 from hone.train.trainer import labelled_loss
 
 TRAIN = Path(__file__).resolve().parent.parent / "examples" / "support-tickets" / "train.jsonl"
@@ -69,6 +72,7 @@ class Variant:
     skip_fp32_copies: bool = True
     fused_lora: bool = True
     attention: str = "hone"  # hone | sdpa | eager
+    rotary: bool = True
     compiled_ops: bool = True
     bf16: bool = True  # where the CPU has native bf16
     compiled: bool = False
@@ -84,6 +88,7 @@ VARIANTS = {
     "sdpa-attention": Variant(attention="sdpa"),
     "eager-attention": Variant(attention="eager"),
     "eager-layers": Variant(compiled_ops=False),
+    "eager-rotary": Variant(rotary=False),
     "fp32": Variant(bf16=False),
     "hone+compile": Variant(compiled=True),
 }
@@ -157,6 +162,8 @@ def configured(model: Any, v: Variant) -> Any:
             stack.enter_context(cpu_attention(model))
         else:
             model.set_attn_implementation(v.attention)
+        if v.rotary:
+            stack.enter_context(fused_rotary(model))
         yield model
 
 

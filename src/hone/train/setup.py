@@ -28,6 +28,7 @@ from hone.train.compiled_ops import compiled_layers
 from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import fused_lora, use_fast_dropout
 from hone.train.progress import RichProgress
+from hone.train.rotary import fused_rotary
 
 Head = Literal["causal", "score"]
 
@@ -283,6 +284,7 @@ def fit(
             use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source
             cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added in place
             cpu_kernels.enter_context(cpu_attention(trainer.model))  # hone.train.cpu_attention
+            cpu_kernels.enter_context(fused_rotary(trainer.model))  # rotary embedding in one node
             cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
