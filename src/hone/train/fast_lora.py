@@ -9,7 +9,8 @@ all the adapters' matmuls together. `FastDropout` instead:
   output for the states seed + i * golden ratio, computed by one inductor-compiled kernel on both cores
   (the words of an 8 x 215 x 576 mask in 0.11 ms: 3.5x faster than numpy's fastest generator, whose
   per-word function call runs on one core, and 7x faster than torch's Mersenne Twister; the whole mask in
-  0.27 ms instead of 0.70); without a C++ compiler they come from numpy's SFC64. The seed is a draw from torch's generator, so `torch.manual_seed` fixes every mask;
+  0.27 ms instead of 0.70); without a C++ compiler they come from numpy's SFC64. The seed is a draw from
+  torch's generator, so `torch.manual_seed` fixes every mask;
 - zeroes the dropped elements by multiplying the float's bits, read as integers of its width, by a 0/1
   integer mask (5x faster here than multiplying a bf16 tensor by a uint8 or bool mask, which torch runs
   as an unvectorised cast and multiply), forward and backward;
