@@ -58,22 +58,35 @@ def _shifted(z: torch.Tensor, bits: int) -> torch.Tensor:
     return (z >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def splitmix64(seed: torch.Tensor, count: int) -> torch.Tensor:
-    """SplitMix64's outputs for the states seed + i * GOLDEN, i = 0..count-1, as int64 bit patterns.
+def splitmix64(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's outputs for the states seed + i * GOLDEN, i the values of `counter`, as int64 bits.
 
     Counter-based, so one vectorised pass computes them all (compiled: one fused loop on every core).
+    The counter is a tensor, not an arange inside the function: inductor would fold i * GOLDEN into its
+    index arithmetic, which it computes in int32 when the first call's size is small (wrong words).
     """
-    z = torch.arange(count, dtype=torch.int64, device=seed.device) * GOLDEN + seed
+    z = counter * GOLDEN + seed
     z = (z ^ _shifted(z, 30)) * MIX_1
     z = (z ^ _shifted(z, 27)) * MIX_2
     return z ^ _shifted(z, 31)
+
+
+_COUNTER = torch.arange(0, dtype=torch.int64)
+
+
+def counter(count: int) -> torch.Tensor:
+    """0..count-1 as int64, a view of one arange kept for every mask (grown when a mask is larger)."""
+    global _COUNTER
+    if _COUNTER.numel() < count:
+        _COUNTER = torch.arange(max(count, 2 * _COUNTER.numel()), dtype=torch.int64)
+    return _COUNTER[:count]
 
 
 def random_words(count: int) -> torch.Tensor:
     """`count` uniformly random int64 words on CPU, fixed by torch's seed."""
     seed = torch.randint(0, 1 << 62, (), dtype=torch.int64)
     if inductor_works():
-        return compiled(splitmix64)(seed, count)
+        return compiled(splitmix64)(seed, counter(count))
     return torch.from_numpy(np.random.SFC64(int(seed)).random_raw(count).view(np.int64))
 
 
