@@ -174,6 +174,16 @@ def use_fast_dropout(model: nn.Module) -> int:
     return replaced
 
 
+def low_rank_grads(
+    rows: torch.Tensor, hidden: torch.Tensor, weight_b: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden's gradient, B's gradient) of `alpha * hidden @ B^T` whose gradient is `rows` (2-D)."""
+    grad_hidden = rows @ (weight_b * alpha).to(rows.dtype)  # scaling the small matrix is free
+    # (hidden^T grad)^T: the same product, 1.2x faster than grad^T hidden in oneDNN's skinny GEMM
+    grad_b = (hidden.to(rows.dtype).t() @ rows).t().to(weight_b.dtype).mul_(alpha)
+    return grad_hidden, grad_b
+
+
 class _AddLowRank(torch.autograd.Function):
     """result += alpha * hidden @ weight_b.T, in place (result is the base layer's fresh output, which its
     backward does not need); the gradient passes to result unchanged, with no copy either way."""
@@ -193,10 +203,8 @@ class _AddLowRank(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         hidden, weight_b = ctx.saved_tensors
         rows = grad.reshape(-1, grad.size(-1))
-        grad_hidden = rows @ (weight_b * ctx.alpha).to(grad.dtype)  # scaling the small matrix is free
-        # (hidden^T grad)^T: the same product, 1.2x faster than grad^T hidden in oneDNN's skinny GEMM
-        grad_b = (hidden.reshape(-1, hidden.size(-1)).to(grad.dtype).t() @ rows).t().to(weight_b.dtype)
-        return grad, grad_hidden.view(hidden.shape), grad_b.mul_(ctx.alpha), None
+        grad_hidden, grad_b = low_rank_grads(rows, hidden.reshape(-1, hidden.size(-1)), weight_b, ctx.alpha)
+        return grad, grad_hidden.view(hidden.shape), grad_b, None
 
 
 class _FrozenLinearWithLowRank(torch.autograd.Function):
@@ -231,8 +239,7 @@ class _FrozenLinearWithLowRank(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         weight, keep, dropped, hidden, weight_a, weight_b = ctx.saved_tensors
         rows = grad.reshape(-1, grad.size(-1))
-        grad_hidden = rows @ (weight_b * ctx.alpha).to(grad.dtype)
-        grad_b = (hidden.t() @ rows).t().to(weight_b.dtype).mul_(ctx.alpha)  # see _AddLowRank
+        grad_hidden, grad_b = low_rank_grads(rows, hidden, weight_b, ctx.alpha)
         grad_a = (grad_hidden.t() @ dropped).to(weight_a.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -271,15 +278,13 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         return type(self).forward(self, x, *args, **kwargs)
     dropout, alpha = self.lora_dropout[name], self.scaling[name]
     base, weight_b = self.base_layer, self.lora_B[name].weight
-    if isinstance(dropout, (FastDropout, nn.Identity)) and frozen_plain(base, x):
-        keep = dropout.keep(x) if isinstance(dropout, FastDropout) else None
-        if keep is not None:  # its 1/(1-p) goes into the adapter's scaling
-            alpha *= dropout.rescale
+    fast = isinstance(dropout, FastDropout)
+    if fast:  # its 1/(1-p) goes into the adapter's scaling (1 where it drops nothing)
+        alpha *= dropout.rescale
+    if (fast or isinstance(dropout, nn.Identity)) and frozen_plain(base, x):
+        keep = dropout.keep(x) if fast else None
         return _FrozenLinearWithLowRank.apply(x, base.weight, base.bias, keep, weight_a, weight_b, alpha)
-    if isinstance(dropout, FastDropout):  # its 1/(1-p) goes into the adapter's scaling
-        dropped, alpha = dropout.unscaled(x), alpha * dropout.rescale
-    else:
-        dropped = dropout(x)
+    dropped = dropout.unscaled(x) if fast else dropout(x)
     result = base(x)  # a fresh tensor (nn.Linear): the adapter may be added into it
     return _AddLowRank.apply(result, F.linear(dropped, weight_a), weight_b, alpha)
 
