@@ -146,6 +146,12 @@ class TrainConfig(Strict):
     packing: bool = Field(
         False, description="Pack short examples into rows of model.max_length (no attention across them)."
     )
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length so batches carry little padding (transformers' "
+        "LengthGroupedSampler: shuffled, then sorted by length within mega-batches of up to 50 batches); "
+        "ignored with packing.",
+    )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
     )

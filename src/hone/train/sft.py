@@ -48,7 +48,9 @@ def rows_dataset(rows: list[dict[str, list[int]]], width: int, packing: bool) ->
     from datasets import Dataset
 
     if not packing:
-        return Dataset.from_dict({name: [row[name] for row in rows] for name in ("input_ids", "labels")})
+        columns = {name: [row[name] for row in rows] for name in ("input_ids", "labels")}
+        # the lengths transformers' LengthGroupedSampler groups by, without it iterating every row
+        return Dataset.from_dict({**columns, "length": [len(ids) for ids in columns["input_ids"]]})
     packed = pack(rows, width)
     return Dataset.from_dict(
         {name: [getattr(row, name) for row in packed] for name in ("input_ids", "labels", "position_ids")}
@@ -113,11 +115,13 @@ def fit_language_model(
     from hone.train.trainer import HoneSFTTrainer
 
     validating = eval_set is not None
+    grouped = config.train.group_by_length and not config.train.packing
     args = SFTConfig(
         **trainer_arguments(config, run, setup, validating),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # hone builds exactly the columns it needs (position_ids when packed)
         max_length=config.model.max_length,
+        train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = HoneSFTTrainer(
         model=build_model(config, model_path, setup),
