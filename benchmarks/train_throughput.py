@@ -401,11 +401,7 @@ def run_spec(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
 def measure(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Run one configuration in a fresh process and read its result."""
     spec = run_spec(name, spec, folder)
-    env = {
-        **os.environ,
-        "TRANSFORMERS_VERBOSITY": "error",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
