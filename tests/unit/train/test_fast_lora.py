@@ -10,12 +10,17 @@ import hone.train.fast_lora
 from hone.train.compiled_ops import compiled, inductor_works
 from hone.train.fast_lora import (
     FastDropout,
+    compiled_dropped_words,
+    counter,
+    dropped,
     fused_lora,
-    keep_mask,
+    lane_masks,
+    lane_ones,
     lora_linears,
     random_words,
     splitmix64,
     use_fast_dropout,
+    zero_dropped_,
 )
 
 WORD = (1 << 64) - 1
@@ -55,30 +60,53 @@ def test_without_a_compiler_the_words_come_from_numpy_and_still_follow_the_seed(
     torch.manual_seed(11)
     assert torch.equal(first, random_words(1000)) and first.dtype == torch.int64
     count = 200_000
-    keep = keep_mask(torch.Size([count]), 0.05, torch.device("cpu"))
-    assert abs((1 - keep.double().mean().item()) - 0.05) < 5 * math.sqrt(0.05 * 0.95 / count)
+    out, _ = dropped(torch.ones(count), 0.05)
+    assert abs((out == 0).double().mean().item() - 0.05) < 5 * math.sqrt(0.05 * 0.95 / count)
+    torch.manual_seed(4)
+    again = dropped(torch.ones(64, 32), 0.3)[0]
+    torch.manual_seed(4)
+    assert torch.equal(again, dropped(torch.ones(64, 32), 0.3)[0])
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_the_compiled_masks_are_the_lanes_of_splitmix64_s_words(bits: int) -> None:
+    if not inductor_works():
+        pytest.skip("inductor cannot compile here")
+    kernel = compiled_dropped_words(round(0.3 * 65536), bits)
+    for count in (5, 37, 4001):  # small first: inductor picks its index width from the first call's size
+        words = torch.randint(-(1 << 62), 1 << 62, (count,), dtype=torch.int64)
+        seed = torch.tensor(987654321)
+        kept, mask = kernel(words, seed, counter(count))
+        expected = lane_masks(splitmix64(seed, torch.arange(count)), round(0.3 * 65536), lane_ones(bits))
+        assert torch.equal(mask, expected) and torch.equal(kept, words & expected)
+        lanes = mask.view(torch.int16 if bits == 16 else torch.int32)
+        assert set(lanes.unique().tolist()) == {0, -1}  # each element all ones (kept) or all zeros
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
-def test_keep_mask_drops_p_of_every_lane(p: float) -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dropout_drops_p_of_every_lane(p: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    count = 400_003  # not a multiple of four: the last word is cut
-    keep = keep_mask(torch.Size([count]), p, torch.device("cpu"))
-    assert keep.dtype == torch.int16 and keep.shape == (count,)
-    assert set(keep.unique().tolist()) == {0, 1}
-    for lane in range(4):  # the four 16-bit lanes of each random word come from different bits
-        dropped = 1 - keep[lane::4].double().mean().item()
-        spread = 5 * math.sqrt(p * (1 - p) / (count / 4))  # five standard errors
-        assert abs(dropped - p) < spread, (lane, dropped)
+    count = 400_003  # not a whole number of words: the last word is padded
+    x = torch.ones(count, dtype=dtype)
+    out, mask = dropped(x, p)
+    per_word = 8 // x.element_size()
+    assert out.shape == x.shape and out.dtype == dtype and mask.shape == (-(-count // per_word),)
+    assert set(out.unique().tolist()) == {0.0, 1.0}
+    for lane in range(per_word):  # the 16-bit lanes of each random word come from different bits
+        share = (out[lane::per_word] == 0).double().mean().item()
+        spread = 5 * math.sqrt(p * (1 - p) / (count / per_word))  # five standard errors
+        assert abs(share - p) < spread, (lane, share)
+    gradient = zero_dropped_(torch.full_like(x, 2.0), mask)  # the same elements of a gradient
+    assert torch.equal(gradient == 0, out == 0)
 
 
-def test_keep_mask_is_reproducible_under_the_seed_and_varies_without_it() -> None:
+def test_dropout_is_reproducible_under_the_seed_and_varies_without_it() -> None:
+    x = torch.randn(64, 32, dtype=torch.bfloat16)
     torch.manual_seed(3)
-    first = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
-    second = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
+    first, second = dropped(x, 0.2)[0], dropped(x, 0.2)[0]
     torch.manual_seed(3)
-    again = keep_mask(torch.Size([64, 32]), 0.2, torch.device("cpu"))
-    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert torch.equal(first, dropped(x, 0.2)[0]) and not torch.equal(first, second)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -93,14 +121,6 @@ def test_fast_dropout_scales_kept_values_and_routes_gradients_through_its_mask(d
     assert 0.1 < 1 - kept.float().mean().item() < 0.4
     out.sum().backward()
     assert torch.allclose(x.grad.float(), kept.float() / 0.75, rtol=1e-2)
-
-
-def test_keep_mask_takes_the_integer_width_of_the_values_it_masks() -> None:
-    torch.manual_seed(5)
-    narrow = keep_mask(torch.Size([40, 9]), 0.3, torch.device("cpu"))
-    torch.manual_seed(5)
-    wide = keep_mask(torch.Size([40, 9]), 0.3, torch.device("cpu"), torch.int32)
-    assert wide.dtype == torch.int32 and torch.equal(wide.to(torch.int16), narrow)
 
 
 def test_fast_dropout_is_the_identity_when_evaluating() -> None:
@@ -149,14 +169,19 @@ def test_fused_lora_with_fast_dropout_gives_peft_s_loss_and_gradients_under_the_
     tiny_model_dir, autocast: bool
 ) -> None:
     """The fused path drops without rescaling and folds 1/(1-p) into the adapter's scaling: the same
-    function as PEFT's forward with FastDropout, drawing the same masks in the same order."""
+    function as PEFT's forward with FastDropout, drawing the same masks in the same order. Under autocast
+    PEFT's forward runs without its fp32 copy of the adapters' input, as hone trains (the masks' lanes
+    follow the width of the values they drop)."""
+    from peft.helpers import disable_input_dtype_casting
+
     model = lora_model(tiny_model_dir, lora_dropout=0.3)
     assert use_fast_dropout(model) == 14
     ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(4))
-    torch.manual_seed(11)
-    expected, expected_grads = loss_and_grads(model, ids, autocast)
-    torch.manual_seed(12)
-    other, _ = loss_and_grads(model, ids, autocast)
+    with disable_input_dtype_casting(model, active=autocast):
+        torch.manual_seed(11)
+        expected, expected_grads = loss_and_grads(model, ids, autocast)
+        torch.manual_seed(12)
+        other, _ = loss_and_grads(model, ids, autocast)
     assert not torch.allclose(other, expected)  # the masks matter
     with fused_lora(model):
         torch.manual_seed(11)
@@ -209,14 +234,17 @@ def test_a_frozen_bf16_base_and_its_adapter_are_one_node_with_peft_s_loss_and_gr
 ) -> None:
     """hone's CPU setting: the frozen base in bf16, fp32 adapters, bf16 autocast. Base layer and adapter
     run as one autograd node whose backward adds the base layer's input gradient inside its GEMM."""
+    from peft.helpers import disable_input_dtype_casting
+
     model = lora_model(tiny_model_dir, lora_dropout=dropout)
     for parameter in model.parameters():
         if not parameter.requires_grad:
             parameter.data = parameter.data.to(torch.bfloat16)
     use_fast_dropout(model)
     ids = torch.randint(3, 1000, (2, 10), generator=torch.Generator().manual_seed(6))
-    torch.manual_seed(21)
-    expected, expected_grads = loss_and_grads(model, ids, autocast=True)
+    with disable_input_dtype_casting(model):  # PEFT's forward as hone runs it: no fp32 copies
+        torch.manual_seed(21)
+        expected, expected_grads = loss_and_grads(model, ids, autocast=True)
     with fused_lora(model):
         assert "_FrozenLinearWithLowRankBackward" in graph_of_one_pass(model, ids, autocast=True)
         torch.manual_seed(21)
