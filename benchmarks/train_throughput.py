@@ -27,13 +27,12 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
   hone          `hone train` with configs/quickstart.yaml (these settings as overrides), through
                 hone.train.pipeline.run_training with tracking and in-loop validation off, so hone's own
                 choices: bf16 where it is fast (as trl-tuned; hone+fp32 forces fp32), no gradient
-                checkpointing, padded batches of similar lengths (train.group_by_length; the
-                hone+random-batches variant draws them at random as the TRL runs do), assistant-only
-                labels, the LM head and its cross-entropy only on labelled positions in chunks
-                (hone.train.loss), and on CPU a cheaper LoRA dropout and each adapter added in place
-                (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
-                embedding half by half (hone.train.rotary) and compiled RMSNorm/SwiGLU
-                (hone.train.compiled_ops).
+                checkpointing, padded batches drawn at random as the TRL runs do (hone+grouped-batches
+                batches examples of similar length: train.group_by_length), assistant-only labels, the
+                LM head and its cross-entropy only on labelled positions in chunks (hone.train.loss), and
+                on CPU a cheaper LoRA dropout and each adapter added in place (hone.train.fast_lora),
+                grouped-head attention (hone.train.cpu_attention), the rotary embedding half by half
+                (hone.train.rotary) and compiled RMSNorm/SwiGLU (hone.train.compiled_ops).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's
 peak on GPU), in rounds ordered a,b,c then c,b,a, so drift in the machine's load hits all alike; the median
@@ -109,7 +108,7 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-tuned+padding-free": replace(TUNED, layout="padding_free"),
     "trl-tuned+packing": replace(TUNED, layout="packing"),
     "hone+packing": ["train.packing=true"],
-    "hone+random-batches": ["train.group_by_length=false"],
+    "hone+grouped-batches": ["train.group_by_length=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
     "hone+bf16": ["train.precision=bf16"],
     "hone+fp32": ["train.precision=fp32"],

@@ -147,10 +147,10 @@ class TrainConfig(Strict):
         False, description="Pack short examples into rows of model.max_length (no attention across them)."
     )
     group_by_length: bool = Field(
-        True,
-        description="Batch examples of similar length so batches carry little padding (transformers' "
-        "LengthGroupedSampler: shuffled, then sorted by length within mega-batches of up to 50 batches); "
-        "ignored with packing.",
+        False,
+        description="Batch SFT and pretraining examples of similar length so batches carry little padding "
+        "(transformers' LengthGroupedSampler); ignored with packing. Off by default: on the example task it "
+        "trained 1.13x the tokens/s but its 75-step LoRA run's exact match fell from 0.89 to 0.72-0.77.",
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
