@@ -13,8 +13,7 @@ every variant draws the same dropout masks where it uses the same dropout).
                   (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
                   embedding written half by half (hone.train.rotary), and RMSNorm and SwiGLU compiled
                   into fused kernels (hone.train.compiled_ops; compiled in the untimed warm-up step,
-                  reported separately), freed memory kept in the heap for the next step
-                  (hone.train.heap).
+                  reported separately).
   span-logits     the model's own head from the first labelled position on, then the cross-entropy there
                   (hone's previous loss; every position after the first labelled one gets logits).
   full-logits     the model's own loss (logits for every position): what transformers does by default.
@@ -25,8 +24,6 @@ every variant draws the same dropout masks where it uses the same dropout).
   eager-attention transformers' eager attention (repeated key/value heads, fp32 softmax).
   eager-layers    transformers' RMSNorm and MLP modules as they are (not compiled).
   eager-rotary    transformers' rotary embedding (q * cos + rotate_half(q) * sin) instead of hone's.
-  glibc-heap      glibc's malloc thresholds (trim 64 MiB): freed blocks go back to the kernel and the next
-                  step faults them in again, zeroed.
   fp32            fp32 weights and compute, every other optimisation on.
   hone+compile    hone with the model wrapped in torch.compile (inductor); not run unless asked for
                   (--variants); its compilation happens in the untimed warm-up step, reported separately.
@@ -60,7 +57,6 @@ from hone.train.compiled_ops import compiled_layers
 from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import FastDropout, fused_lora, use_fast_dropout
 from hone.train.hardware import cpu_bf16_native
-from hone.train.heap import retained_heap
 from hone.train.loss import label_span, shifted_targets, sum_cross_entropy
 from hone.train.rotary import fused_rotary
 from hone.train.trainer import labelled_loss
@@ -78,7 +74,6 @@ class Variant:
     attention: str = "hone"  # hone | sdpa | eager
     rotary: bool = True
     compiled_ops: bool = True
-    heap: bool = True
     bf16: bool = True  # where the CPU has native bf16
     compiled: bool = False
 
@@ -94,7 +89,6 @@ VARIANTS = {
     "eager-attention": Variant(attention="eager"),
     "eager-layers": Variant(compiled_ops=False),
     "eager-rotary": Variant(rotary=False),
-    "glibc-heap": Variant(heap=False),
     "fp32": Variant(bf16=False),
     "hone+compile": Variant(compiled=True),
 }
@@ -170,8 +164,6 @@ def configured(model: Any, v: Variant) -> Any:
             model.set_attn_implementation(v.attention)
         if v.rotary:
             stack.enter_context(fused_rotary(model))
-        if v.heap:
-            stack.enter_context(retained_heap())
         yield model
 
 

@@ -32,9 +32,7 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 LM head and its cross-entropy only on labelled positions in chunks (hone.train.loss), and
                 on CPU a cheaper LoRA dropout and each adapter added in place (hone.train.fast_lora),
                 grouped-head attention (hone.train.cpu_attention), the rotary embedding half by half
-                (hone.train.rotary), compiled RMSNorm/SwiGLU (hone.train.compiled_ops) and freed memory
-                kept in glibc's heap (hone.train.heap; the trl-tuned+retained-heap variant gives TRL the
-                same).
+                (hone.train.rotary) and compiled RMSNorm/SwiGLU (hone.train.compiled_ops).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's
 peak on GPU), in rounds ordered a,b,c then c,b,a, so drift in the machine's load hits all alike; the median
@@ -70,7 +68,6 @@ import torch
 from transformers import TrainerCallback
 
 from hone.train.hardware import cpu_bf16_native
-from hone.train.heap import retained_heap
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "examples" / "support-tickets"
@@ -93,7 +90,6 @@ class TrlRecipe:
     assistant_only_loss: bool = False
     layout: Literal["auto", "padded", "padding_free", "packing"] | None = None  # None: TRL's (padded)
     dtype: Literal["auto", "float32"] | None = None  # auto: bf16 weights when bf16 is on; None: TRL's (fp32)
-    retained_heap: bool = False  # hone.train.heap's glibc settings around training (hone's on CPU)
 
 
 DEFAULTS = TrlRecipe()
@@ -111,7 +107,6 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-tuned+padded": replace(TUNED, layout="padded"),
     "trl-tuned+padding-free": replace(TUNED, layout="padding_free"),
     "trl-tuned+packing": replace(TUNED, layout="packing"),
-    "trl-tuned+retained-heap": replace(TUNED, retained_heap=True),
     "hone+packing": ["train.packing=true"],
     "hone+grouped-batches": ["train.group_by_length=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
@@ -310,8 +305,7 @@ def run_trl(spec: dict[str, Any], recipe: TrlRecipe, meter: StepMeter) -> None:
         ),
         callbacks=[meter],
     )
-    with retained_heap() if recipe.retained_heap else nullcontext():
-        trainer.train()
+    trainer.train()
     meter.effective.update(
         layout=layout or "padded", assistant_only_loss=args.assistant_only_loss, max_length=args.max_length
     )

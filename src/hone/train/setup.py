@@ -27,7 +27,6 @@ from hone.train.checkpoints import CHECKPOINTS, MarkComplete
 from hone.train.compiled_ops import compiled_layers
 from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import fused_lora, use_fast_dropout
-from hone.train.heap import retained_heap
 from hone.train.progress import RichProgress
 from hone.train.rotary import fused_rotary
 
@@ -287,7 +286,6 @@ def fit(
             cpu_kernels.enter_context(cpu_attention(trainer.model))  # hone.train.cpu_attention
             cpu_kernels.enter_context(fused_rotary(trainer.model))  # rotary embedding in one node
             cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
-            cpu_kernels.enter_context(retained_heap())  # freed memory reused, not faulted in again
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward
