@@ -70,12 +70,17 @@ def code_version() -> dict[str, Any]:
 
 
 def hardware() -> dict[str, Any]:
+    """The machine a run ran on: enough to compare its speed with another run's."""
     import torch
+
+    from hone.train.hardware import cpu_bf16_native, cpu_name
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_bf16": cpu_bf16_native(),  # AMX, AVX512-BF16 or None (bf16 emulated): decides CPU precision
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }

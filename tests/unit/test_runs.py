@@ -24,6 +24,9 @@ def test_create_writes_config_and_running_manifest(tmp_path: Path) -> None:
     assert manifest["name"] == "r1"
     assert manifest["base_model"]["reference"] == "smollm2-135m-instruct"
     assert manifest["code_version"]["hone"]
+    machine = manifest["hardware"]
+    assert machine["cpu"] and machine["cpu_threads"] >= 1
+    assert machine["cpu_bf16"] in {"AMX", "AVX512-BF16", None}
     assert (run.path / "config.yaml").read_text().startswith("model:")
 
 
