@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from hone.config import load_config
+from hone.evaluate import baselines
 from hone.evaluate.generate import generate_chat
 from hone.evaluate.ladder import prepare, run_ladder
 from hone.models.resolve import load_model, load_tokenizer
@@ -76,6 +77,7 @@ evaluate:
   json_schema: {small_task["schema"]}
   max_new_tokens: 6
   batch_size: 4
+  precision: fp32  # the hosted rung's server generates in fp32 at batch 1: its answers must match
   few_shot: {{k: 2}}
   rag: {{knowledge: {EXAMPLE / "knowledge"}, top_k: 1}}
   target: {{metric: json_valid, min: 0.5}}
@@ -153,3 +155,47 @@ run: {{dir: {tmp_path / "runs"}}}
     assert 'data-chart="metric"' in html and trained.path.name in html
     artifacts = evaluation.manifest["artifacts"]
     assert artifacts["ladder"] == "ladder.json" and artifacts["report"] == "report.html"
+
+
+def test_ladder_runs_every_local_model_in_the_configured_precision(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import hone.evaluate.ladder as ladder_module
+
+    config_file = tmp_path / "bf16.yaml"
+    config_file.write_text(
+        f"""
+model: {{reference: "{tiny_model_dir}", max_length: 256}}
+data: {{train: {small_task["train"]}, test: {small_task["test"]}}}
+train: {{adapter: {{kind: lora, r: 4, alpha: 8}}, max_steps: 1, batch_size: 4, precision: fp32}}
+evaluate:
+  {{max_new_tokens: 4, batch_size: 4, rungs: [zero-shot], precision: bf16, general: {{enabled: false}}}}
+run: {{dir: {tmp_path / "runs"}}}
+""",
+        encoding="utf-8",
+    )
+    config = load_config(config_file)
+    trained = run_training(config, Console(width=160), track=False)
+    evaluation = RunFolder.create(
+        config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
+    )
+    dtypes: dict[str, torch.dtype] = {}
+    answer_all = ladder_module.answer_all
+
+    def recording(name: str, model: torch.nn.Module, *args: object) -> object:
+        dtypes[name] = next(model.parameters()).dtype
+        return answer_all(name, model, *args)
+
+    monkeypatch.setattr(ladder_module, "answer_all", recording)
+    ladder = run_ladder(prepare(config, [trained.path]), evaluation, Console(width=160))
+
+    assert dtypes == {"zero-shot": torch.bfloat16, trained.path.name: torch.bfloat16}
+    assert ladder["precision"] == "bfloat16"
+    # the zero-shot answers are the base model's own in bf16
+    prompts = baselines.zero_shot(prepare(config, []).test).prompts
+    model = load_model(tiny_model_dir, dtype=torch.bfloat16)
+    direct = generate_chat(model, load_tokenizer(tiny_model_dir), prompts, max_new_tokens=4, batch_size=4)
+    rows = (evaluation.path / "eval/zero-shot.jsonl").read_text().splitlines()
+    assert [json.loads(row)["output"] for row in rows] == [g.text for g in direct]

@@ -171,6 +171,17 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+def inference_dtype(precision: str) -> Any:
+    """torch's dtype for evaluating at `precision` (auto, fp32, bf16) on this machine's CPU."""
+    import torch
+
+    from hone.train.hardware import cpu_bf16_native
+
+    if precision == "auto":
+        precision = "bf16" if cpu_bf16_native() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def load_model(path: Path, dtype: Any = None, device: str = "cpu") -> Any:
     import torch
     from transformers import AutoModelForCausalLM

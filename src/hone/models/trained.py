@@ -18,12 +18,13 @@ from hone.runs import FinishedRun, RunFolder
 logger = logging.getLogger(__name__)
 
 
-def trained_model(run: FinishedRun) -> tuple[Any, Any]:
-    """(model, tokenizer) of a finished language-model run, in fp32 on the CPU or the GPU."""
+def trained_model(run: FinishedRun, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) of a finished language-model run on the CPU, in `dtype` (adapters are merged in
+    fp32 first, so the merged weights are rounded once)."""
     tokenizer = load_tokenizer(run.weights)
     if run.kind == "full":
-        return load_model(run.weights), tokenizer
-    return merged_model(run, dequantized=run.kind == "qlora"), tokenizer
+        return load_model(run.weights, dtype=dtype), tokenizer
+    return merged_model(run, dequantized=run.kind == "qlora").to(dtype), tokenizer
 
 
 def merged_model(run: FinishedRun, dequantized: bool) -> Any:

@@ -3,10 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from hone.errors import HoneError
 from hone.models import resolve
-from hone.models.resolve import CONVERSION_RECORD, cached_models, ensure_converted, resolve_model
+from hone.models.resolve import (
+    CONVERSION_RECORD,
+    cached_models,
+    ensure_converted,
+    inference_dtype,
+    resolve_model,
+)
+from hone.train.hardware import cpu_bf16_native
 
 
 def test_local_hf_folder_resolves_to_itself(tiny_model_dir: Path) -> None:
@@ -69,3 +77,9 @@ def test_finished_conversion_is_reused(tmp_path: Path, monkeypatch: pytest.Monke
     assert ensure_converted(tmp_path / "x.gguf", target) == target
     assert len(calls) == 1
     assert [name for name, _, _ in cached_models()] == ["m"]
+
+
+def test_inference_dtype_follows_the_precision_and_the_cpu() -> None:
+    assert inference_dtype("fp32") == torch.float32
+    assert inference_dtype("bf16") == torch.bfloat16
+    assert inference_dtype("auto") == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
