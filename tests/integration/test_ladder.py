@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from hone.config import load_config
+from hone.config import HoneConfig, load_config
 from hone.evaluate import baselines
 from hone.evaluate.generate import generate_chat
 from hone.evaluate.ladder import prepare, run_ladder
@@ -63,6 +63,16 @@ def chat_server(tiny_model_dir: Path) -> Iterator[str]:
     server.shutdown()
 
 
+def trained_run_and_evaluation_folder(config_file: Path) -> tuple[HoneConfig, RunFolder, RunFolder]:
+    """The config, a run trained from it, and a new evaluation run folder named "ev"."""
+    config = load_config(config_file)
+    trained = run_training(config, Console(width=160), track=False)
+    evaluation = RunFolder.create(
+        config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
+    )
+    return config, trained, evaluation
+
+
 def test_ladder_measures_every_rung_and_recommends(
     tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], chat_server: str
 ) -> None:
@@ -91,11 +101,7 @@ run: {{dir: {tmp_path / "runs"}}}
 """,
         encoding="utf-8",
     )
-    config = load_config(config_file)
-    trained = run_training(config, Console(width=160), track=False)
-    evaluation = RunFolder.create(
-        config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
-    )
+    config, trained, evaluation = trained_run_and_evaluation_folder(config_file)
     console = Console(record=True, width=200)
     ladder = run_ladder(prepare(config, [trained.path]), evaluation, console)
 
@@ -176,11 +182,7 @@ run: {{dir: {tmp_path / "runs"}}}
 """,
         encoding="utf-8",
     )
-    config = load_config(config_file)
-    trained = run_training(config, Console(width=160), track=False)
-    evaluation = RunFolder.create(
-        config.model_copy(update={"run": config.run.model_copy(update={"name": "ev"})}), "evaluation"
-    )
+    config, trained, evaluation = trained_run_and_evaluation_folder(config_file)
     dtypes: dict[str, torch.dtype] = {}
     answer_all = ladder_module.answer_all
 
