@@ -171,15 +171,20 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def inference_dtype(precision: str) -> Any:
-    """torch's dtype for evaluating at `precision` (auto, fp32, bf16) on this machine's CPU."""
+def torch_dtype(precision: str) -> Any:
+    """torch's dtype for a precision name of hone's configs: bf16, fp16, else fp32."""
     import torch
 
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def inference_dtype(precision: str) -> Any:
+    """torch's dtype for evaluating at `precision` (auto, fp32, bf16) on this machine's CPU."""
     from hone.train.hardware import cpu_bf16_native
 
     if precision == "auto":
         precision = "bf16" if cpu_bf16_native() else "fp32"
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    return torch_dtype(precision)
 
 
 def load_model(path: Path, dtype: Any = None, device: str = "cpu") -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hone.models.resolve import load_model, load_tokenizer
+from hone.models.resolve import load_model, load_tokenizer, torch_dtype
 from hone.runs import FinishedRun, RunFolder
 
 logger = logging.getLogger(__name__)
@@ -61,4 +61,4 @@ def training_dtype(run: FinishedRun) -> torch.dtype:
         hardware = manifest.get("hardware") or {}
         chosen = "bf16" if hardware.get("cuda") else "fp32"  # auto picks bf16 on every GPU that has it
         logger.info("run precision was auto on %s: assuming %s", hardware.get("gpu", "CPU"), chosen)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen, torch.float32)
+    return torch_dtype(chosen)

@@ -20,7 +20,7 @@ from rich.console import Console
 from hone.config import HoneConfig, LoraAdapter
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
-from hone.models.resolve import load_model
+from hone.models.resolve import load_model, torch_dtype
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
@@ -64,7 +64,7 @@ class Setup:
 
     @property
     def dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        return torch_dtype(self.precision)
 
     @property
     def checkpointing(self) -> bool:
