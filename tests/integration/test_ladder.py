@@ -184,10 +184,12 @@ run: {{dir: {tmp_path / "runs"}}}
     )
     config, trained, evaluation = trained_run_and_evaluation_folder(config_file)
     dtypes: dict[str, torch.dtype] = {}
+    devices: set[str] = set()
     answer_all = ladder_module.answer_all
 
     def recording(name: str, model: torch.nn.Module, *args: object) -> object:
         dtypes[name] = next(model.parameters()).dtype
+        devices.add(next(model.parameters()).device.type)
         return answer_all(name, model, *args)
 
     monkeypatch.setattr(ladder_module, "answer_all", recording)
@@ -195,6 +197,7 @@ run: {{dir: {tmp_path / "runs"}}}
 
     assert dtypes == {"zero-shot": torch.bfloat16, trained.path.name: torch.bfloat16}
     assert ladder["precision"] == "bfloat16"
+    assert devices == {ladder["device"]} == {"cuda" if torch.cuda.is_available() else "cpu"}
     # the zero-shot answers are the base model's own in bf16
     prompts = baselines.zero_shot(prepare(config, []).test).prompts
     model = load_model(tiny_model_dir, dtype=torch.bfloat16)

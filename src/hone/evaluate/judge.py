@@ -40,16 +40,26 @@ def parse_score(reply: str, max_score: int) -> float | None:
     return None
 
 
-def load_judge(reference: str) -> tuple[Any, Any]:
-    from hone.models.resolve import load_model, load_tokenizer, resolve_model
+def load_judge(reference: str, precision: str = "fp32") -> tuple[Any, Any]:
+    """The judge model (a hone run folder or any model reference) where evaluation runs its local models,
+    at the evaluated models' precision."""
+    from hone.models.resolve import (
+        inference_device,
+        inference_dtype,
+        load_model,
+        load_tokenizer,
+        resolve_model,
+    )
     from hone.models.trained import trained_model
     from hone.runs import MANIFEST, open_language_model_run
 
+    device = inference_device()
+    dtype = inference_dtype(precision, device)
     path = Path(reference)
     if (path / MANIFEST).is_file():
-        return trained_model(open_language_model_run(path, "judge"))
+        return trained_model(open_language_model_run(path, "judge"), dtype, device)
     model_path = resolve_model(reference)
-    return load_model(model_path), load_tokenizer(model_path)
+    return load_model(model_path, dtype, device), load_tokenizer(model_path)
 
 
 def judge_rungs(
@@ -59,9 +69,10 @@ def judge_rungs(
     outputs: dict[str, list[str]],
     batch_size: int,
     console: Console,
+    precision: str = "fp32",
 ) -> dict[str, tuple[list[float], int]]:
     """Per rung: the judge's per-example scores, and how many replies held no usable score."""
-    model, tokenizer = load_judge(settings.model)
+    model, tokenizer = load_judge(settings.model, precision)
     results = {}
     for rung, answers in outputs.items():
         prompts = [

@@ -36,7 +36,7 @@ from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
-from hone.models.resolve import inference_dtype, load_model, load_tokenizer, resolve_model
+from hone.models.resolve import inference_device, inference_dtype, load_model, load_tokenizer, resolve_model
 from hone.models.trained import trained_model
 from hone.runs import FinishedRun, RunFolder, now, open_language_model_run
 
@@ -161,7 +161,8 @@ def add_judge_scores(inputs: LadderInputs, rungs: list[Rung], console: Console) 
     assert settings.judge is not None
     questions = [baselines.query_text(prompt_messages(e.messages)) for e in inputs.test]
     outputs = {rung.name: rung.answers.outputs for rung in rungs}
-    judged = judge_rungs(settings.judge, questions, inputs.references, outputs, settings.batch_size, console)
+    references, size = inputs.references, settings.batch_size
+    judged = judge_rungs(settings.judge, questions, references, outputs, size, console, settings.precision)
     for rung in rungs:
         assert rung.scores is not None
         rung.scores.per_example["judge"], rung.judge_unparsed = judged[rung.name]
@@ -172,7 +173,9 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
     """Zero-shot, few-shot and RAG on the base model (loaded once), and the base's general check."""
     config, settings = inputs.config, inputs.config.evaluate
     model_path = resolve_model(config.model.reference)
-    model, tokenizer = load_model(model_path, inference_dtype(settings.precision)), load_tokenizer(model_path)
+    device = inference_device()
+    model = load_model(model_path, inference_dtype(settings.precision, device), device)
+    tokenizer = load_tokenizer(model_path)
     for name in prompting_rung_names(settings):
         if name == "zero-shot":
             prompt_rung = baselines.zero_shot(inputs.test)
@@ -213,7 +216,8 @@ def fine_tuned_rung(
     inputs: LadderInputs, candidate: FinishedRun, base_general: General | None, console: Console
 ) -> Rung:
     settings = inputs.config.evaluate
-    model, tokenizer = trained_model(candidate, inference_dtype(settings.precision))
+    device = inference_device()
+    model, tokenizer = trained_model(candidate, inference_dtype(settings.precision, device), device)
     prompts = [prompt_messages(e.messages) for e in inputs.test]
     answers = answer_all(
         candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console
@@ -334,7 +338,8 @@ def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
             "dataset_hash": dataset_hash({"test": inputs.test}),
         },
         "primary_metric": primary,
-        "precision": str(inference_dtype(settings.precision)).removeprefix("torch."),
+        "device": inference_device(),
+        "precision": str(inference_dtype(settings.precision, inference_device())).removeprefix("torch."),
         "target": target,
         "baseline": baseline.name,
         "rungs": records,

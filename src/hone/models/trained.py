@@ -18,13 +18,15 @@ from hone.runs import FinishedRun, RunFolder
 logger = logging.getLogger(__name__)
 
 
-def trained_model(run: FinishedRun, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """(model, tokenizer) of a finished language-model run on the CPU, in `dtype` (adapters are merged in
-    fp32 first, so the merged weights are rounded once)."""
+def trained_model(
+    run: FinishedRun, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a finished language-model run on `device`, in `dtype` (adapters are merged in
+    fp32 on the CPU first, so the merged weights are rounded once)."""
     tokenizer = load_tokenizer(run.weights)
     if run.kind == "full":
-        return load_model(run.weights, dtype=dtype), tokenizer
-    return merged_model(run, dequantized=run.kind == "qlora").to(dtype), tokenizer
+        return load_model(run.weights, dtype=dtype, device=device), tokenizer
+    return merged_model(run, dequantized=run.kind == "qlora").to(device=device, dtype=dtype), tokenizer
 
 
 def merged_model(run: FinishedRun, dequantized: bool) -> Any:

@@ -11,6 +11,7 @@ from hone.models.resolve import (
     CONVERSION_RECORD,
     cached_models,
     ensure_converted,
+    inference_device,
     inference_dtype,
     resolve_model,
 )
@@ -83,3 +84,17 @@ def test_inference_dtype_follows_the_precision_and_the_cpu() -> None:
     assert inference_dtype("fp32") == torch.float32
     assert inference_dtype("bf16") == torch.bfloat16
     assert inference_dtype("auto") == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_evaluation_runs_on_a_cuda_gpu_when_there_is_one_in_its_native_precision(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool
+) -> None:
+    assert inference_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: its answers are stood in
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert inference_device() == "cuda"
+    assert inference_dtype("auto", "cuda") == (torch.bfloat16 if bf16 else torch.float32)
+    assert inference_dtype("fp32", "cuda") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_device() == "cpu"
