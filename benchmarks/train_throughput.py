@@ -65,9 +65,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 
 from hone.train.hardware import cpu_bf16_native
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's modules, also when imported
+from model_shapes import SHAPES, peak_flops, training_flops, write_random_model
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "examples" / "support-tickets"
@@ -141,14 +144,29 @@ def peak_memory_mib(on: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def sequence_lengths(row: dict[str, Any]) -> list[int]:
+    """The examples in one stored row: several where it is packed (TRL's seq_lengths, or position ids that
+    restart at 0), else one."""
+    if "seq_lengths" in row:
+        return [int(n) for n in row["seq_lengths"]]
+    if "position_ids" in row:
+        starts = [i for i, position in enumerate(row["position_ids"]) if position == 0]
+        ends = [*starts[1:], len(row["position_ids"])]
+        return [end - start for start, end in zip(starts, ends, strict=True)]
+    return [len(row["input_ids"])]
+
+
 def batch_counts(rows: list[dict[str, Any]], batch: dict[str, Any]) -> dict[str, int]:
     """Tokens of one collated batch: non-padding (the rows as stored), labelled (positions whose next token
-    carries loss, which is what the loss averages over), and positions the model runs (padding included)."""
+    carries loss, which is what the loss averages over), positions the model runs (padding included), and
+    the (query, key) pairs causal attention computes within its examples (for model FLOPs)."""
     labels = batch["labels"]
+    lengths = [n for row in rows for n in sequence_lengths(row)]
     return {
         "tokens": sum(len(row["input_ids"]) for row in rows),
         "labelled": int((labels[:, 1:] != -100).sum()),
         "positions": int(batch["input_ids"].numel()),
+        "attention_pairs": sum(n * (n + 1) // 2 for n in lengths),
     }
 
 
@@ -372,6 +390,11 @@ def child(spec: dict[str, Any]) -> None:
         raise SystemExit(f"{spec['name']}: counted {len(meter.batches)} batches for {steps} steps")
     timed = meter.batches[1:steps]
     seconds = meter.step_ends[-1] - meter.step_ends[1]
+    # model FLOPs (4N per trained token plus causal attention): the same count for every configuration,
+    # whatever it skips or recomputes
+    shape = AutoConfig.from_pretrained(spec["model_path"])
+    flops = sum(training_flops(shape, b["tokens"], b["attention_pairs"]) for b in timed)
+    peak = peak_flops(torch.cuda.get_device_name(0)) if spec["device"] == "cuda" else None
     validation = load_split(Path(spec["validation"]), None, "auto")[: spec["val_examples"]]
     tokenizer = load_tokenizer(Path(spec["model_path"]))
     loss = validation_loss(meter.model, tokenizer, validation, spec["device"])
@@ -382,6 +405,8 @@ def child(spec: dict[str, Any]) -> None:
         "tokens_per_second": sum(b["tokens"] for b in timed) / seconds,
         "labelled_tokens_per_second": sum(b["labelled"] for b in timed) / seconds,
         "padding_share": 1 - sum(b["tokens"] for b in timed) / sum(b["positions"] for b in timed),
+        "model_tflops": flops / seconds / 1e12,
+        "mfu": flops / seconds / peak if peak else None,
         "tokens_per_step": [b["tokens"] for b in meter.batches[:steps]],
         "labelled_per_step": [b["labelled"] for b in meter.batches[:steps]],
         "peak_memory_mib": meter.peak_mib,
@@ -412,6 +437,7 @@ def measure(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
 MEDIANS = (
     "seconds_per_step",
     "tokens_per_second",
+    "model_tflops",
     "labelled_tokens_per_second",
     "padding_share",
     "peak_memory_mib",
@@ -423,7 +449,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], di
     """Medians over rounds per configuration, and hone's trained tokens/s over each other's."""
     medians = {
         name: {key: statistics.median(r[key] for r in results) for key in MEDIANS}
-        | {"steps": results[0]["steps"], "effective": results[0]["effective"]}
+        | {"steps": results[0]["steps"], "effective": results[0]["effective"], "mfu": median_mfu(results)}
         for name, results in runs.items()
     }
     ratios = {}
@@ -434,17 +460,24 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], di
     return medians, ratios
 
 
+def median_mfu(results: list[dict[str, Any]]) -> float | None:
+    values = [r["mfu"] for r in results if r.get("mfu") is not None]
+    return statistics.median(values) if values else None
+
+
 def markdown(medians: dict[str, Any], ratios: dict[str, float], on: str) -> str:
     memory = "peak GPU memory" if on == "cuda" else "peak RSS"
     lines = [
         "| configuration | steps | s/step | trained tokens/s | labelled tokens/s | padding "
-        f"| {memory} | val loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model TFLOP/s | MFU | {memory} | val loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in medians.items():
+        mfu = f"{m['mfu']:.1%}" if m.get("mfu") is not None else "-"
         lines.append(
             f"| {name} | {m['steps']} | {m['seconds_per_step']:.2f} | {m['tokens_per_second']:.0f} | "
             f"{m['labelled_tokens_per_second']:.1f} | {m['padding_share']:.0%} | "
+            f"{m['model_tflops']:.2f} | {mfu} | "
             f"{m['peak_memory_mib'] / 1024:.2f} GiB | {m['validation_loss']:.4f} |"
         )
     lines += ["", *(f"{pair} trained tokens/s: {ratio:.2f}x" for pair, ratio in ratios.items())]
@@ -492,6 +525,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--model", default="smollm2-135m-instruct", help="any hone model reference")
     parser.add_argument(
+        "--shape",
+        choices=list(SHAPES),
+        default=None,
+        help="train a random-weight bf16 model of this public shape (benchmarks/model_shapes.py) with "
+        "--model's tokenizer instead, written to a temporary folder: for machines that reach no model hub",
+    )
+    parser.add_argument(
         "--steps", type=int, default=10, help="optimizer steps per run (the first is warm-up)"
     )
     parser.add_argument(
@@ -529,6 +569,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.configs}
     order: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hone-throughput-") as scratch:
+        if args.shape:
+            shaped = Path(scratch) / f"random-{args.shape}"
+            base["model_path"] = str(write_random_model(args.shape, shaped, Path(base["model_path"]), on))
         for number in range(args.rounds):
             for name in args.configs if number % 2 == 0 else reversed(args.configs):
                 steps = slow_steps if uses_bf16(RECIPES[name], on) else args.steps
@@ -543,14 +586,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     flush=True,
                 )
     medians, ratios = summarize(runs)
-    print(f"\nmodel={args.model} batch={args.batch_size} rounds={args.rounds} device={on}\n")
+    model = f"random-weight {args.shape} shape" if args.shape else args.model
+    print(f"\nmodel={model} batch={args.batch_size} rounds={args.rounds} device={on}\n")
     print(markdown(medians, ratios, on))
     report = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(on),
         "settings": {
-            "model": args.model,
+            "model": args.model if not args.shape else None,
+            "shape": args.shape,
             "batch_size": args.batch_size,
             "steps": args.steps,
             "steps_bf16": slow_steps,
