@@ -93,6 +93,7 @@ class TrlRecipe:
     assistant_only_loss: bool = False
     layout: Literal["auto", "padded", "padding_free", "packing"] | None = None  # None: TRL's (padded)
     dtype: Literal["auto", "float32"] | None = None  # auto: bf16 weights when bf16 is on; None: TRL's (fp32)
+    attention: str | None = None  # transformers' attn_implementation; None: its default (sdpa)
 
 
 DEFAULTS = TrlRecipe()
@@ -110,11 +111,14 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-tuned+padded": replace(TUNED, layout="padded"),
     "trl-tuned+padding-free": replace(TUNED, layout="padding_free"),
     "trl-tuned+packing": replace(TUNED, layout="packing"),
+    "trl-tuned+packing+flex": replace(TUNED, layout="packing", attention="flex_attention"),  # CUDA only
     "hone+packing": ["train.packing=true"],
     "hone+grouped-batches": ["train.group_by_length=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
     "hone+bf16": ["train.precision=bf16"],
     "hone+fp32": ["train.precision=fp32"],
+    "hone+sdpa": ["train.attention=sdpa"],
+    "hone+packing+flex": ["train.packing=true", "train.attention=flex_attention"],  # CUDA only
 }
 RECIPES: dict[str, TrlRecipe | list[str]] = {
     "trl-defaults": DEFAULTS,
@@ -283,6 +287,8 @@ def run_trl(spec: dict[str, Any], recipe: TrlRecipe, meter: StepMeter) -> None:
     if recipe.dtype is not None:
         half = recipe.dtype == "auto" and options.get("bf16", True)
         options["model_init_kwargs"] = {"dtype": "bfloat16" if half else "float32"}
+    if recipe.attention is not None:
+        options.setdefault("model_init_kwargs", {})["attn_implementation"] = recipe.attention
     layout = recipe.layout
     if layout == "auto":
         layout = "padding_free" if on == "cuda" else "padded"
@@ -483,14 +489,14 @@ def markdown(medians: dict[str, Any], ratios: dict[str, float], on: str) -> str:
     lines += ["", *(f"{pair} trained tokens/s: {ratio:.2f}x" for pair, ratio in ratios.items())]
     lines += [
         "",
-        "| configuration | compute | weights | checkpointing | layout | loss on |",
-        "|---|---|---|---|---|---|",
+        "| configuration | compute | weights | checkpointing | layout | attention | loss on |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in medians.items():
         e = m["effective"]
         lines.append(
             f"| {name} | {'bf16 autocast' if e['bf16'] else e['weights']} | {e['weights']} | "
-            f"{'on' if e['gradient_checkpointing'] else 'off'} | {e['layout']} | "
+            f"{'on' if e['gradient_checkpointing'] else 'off'} | {e['layout']} | {e['attention']} | "
             f"{'assistant turns' if e['assistant_only_loss'] else 'whole chat'} |"
         )
     return "\n".join(lines)

@@ -198,11 +198,14 @@ def inference_dtype(precision: str, device: str = "cpu") -> Any:
     return torch_dtype(precision)
 
 
-def load_model(path: Path, dtype: Any = None, device: str = "cpu") -> Any:
+def load_model(path: Path, dtype: Any = None, device: str = "cpu", attention: str | None = None) -> Any:
+    """A causal LM in `dtype` (fp32 by default) on `device`, with transformers' attention kernel named
+    `attention` (its default when None)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    options = {"attn_implementation": attention} if attention else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **options)
     return model.to(device)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from hone.config import TrainConfig
+from hone.errors import HoneError
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,25 @@ def precision_choice(train: TrainConfig, device: str) -> Choice:
     if native:
         return Choice("bf16", f"CPU with {native}: bf16 matmuls beat fp32 and take half the memory")
     return Choice("fp32", "CPU without AMX or AVX512-BF16: bf16 would be emulated, ~15x slower than fp32")
+
+
+# What attention_choice's `auto` means on CPU: hone.train.cpu_attention where the model family allows it.
+CPU_ATTENTION = "hone"
+
+
+def attention_choice(train: TrainConfig, device: str) -> Choice:
+    if train.attention == "flex_attention" and device != "cuda":
+        raise HoneError(
+            "train.attention: flex_attention trains only on CUDA GPUs (torch's flex attention has no "
+            "backward on CPU); use auto, sdpa or eager here"
+        )
+    if train.attention != "auto":
+        return Choice(train.attention, "set in the config")
+    if device == "cpu":
+        return Choice(
+            CPU_ATTENTION, "CPU: grouped query heads without fp32 round trips, where the model family allows"
+        )
+    return Choice("sdpa", "GPU: torch's scaled_dot_product_attention (transformers' default)")
 
 
 def checkpointing_choice(train: TrainConfig, device: str) -> Choice:

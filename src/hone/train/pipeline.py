@@ -22,6 +22,7 @@ from hone.io import atomic_write_json
 from hone.models.resolve import load_tokenizer, resolve_model
 from hone.runs import RunFolder
 from hone.track import track_completed
+from hone.train import hardware
 from hone.train.checkpoints import latest_complete, remove_incomplete
 from hone.train.setup import TrainResult, check_loggers, process_state
 
@@ -81,6 +82,7 @@ def run_training(config: HoneConfig, console: Console, track: bool = True) -> Ru
     """
     state = process_state()  # joins the process group when launched by accelerate; a no-op otherwise
     check_loggers(config.train.report_to)
+    hardware.attention_choice(config.train, str(hardware.device_choice().value))  # fails before any write
     splits = load_training_splits(config)
     version = dataset_hash(splits)
     with state.main_process_first():  # one process converts the model; the others find it cached
@@ -193,6 +195,7 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "truncated_examples": result.truncated,
         "distributed": result.distributed,
         "precision": result.precision,
+        "attention": result.attention,
     }
 
 

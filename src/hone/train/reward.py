@@ -63,7 +63,7 @@ def train_reward(
     if config.train.adapter.kind == "qlora":
         restore_head_dtype(trainer.model, setup.dtype)
     left_out = count_left_out(config, trainer, console, len(train_examples))
-    result = fit(trainer, run, config.train.adapter.kind, resume, left_out)
+    result = fit(trainer, run, config.train.adapter.kind, resume, left_out, setup.attention)
     show_ranking(console, trainer.state.log_history, "eval_accuracy", "eval_margin")
     return result
 

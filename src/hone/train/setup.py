@@ -25,6 +25,7 @@ from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
 from hone.train.compiled_ops import compiled_layers
+from hone.train.cpu_attention import NAME as CPU_ATTENTION_NAME
 from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import fused_lora, use_fast_dropout
 from hone.train.progress import RichProgress
@@ -45,6 +46,7 @@ class TrainResult:
     best_step: int | None = None
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     precision: str = "fp32"  # what training computed in; export dequantizes a 4-bit base to it
+    attention: str = "sdpa"  # the attention kernel training ran (transformers' name, or hone's)
     best_metric: dict[str, float] | None = None  # {name: value} that chose the kept checkpoint
 
 
@@ -65,6 +67,11 @@ class Setup:
     @property
     def dtype(self) -> torch.dtype:
         return torch_dtype(self.precision)
+
+    @property
+    def attention(self) -> str:
+        """The attention kernel: transformers' name, or hardware.CPU_ATTENTION (hone's, applied by `fit`)."""
+        return str(self.choices["attention"].value)
 
     @property
     def checkpointing(self) -> bool:
@@ -105,6 +112,7 @@ def choose(config: HoneConfig, console: Console) -> Setup:
             "device": device,
             "precision": hardware.precision_choice(train, device.value),
             "gradient checkpointing": hardware.checkpointing_choice(train, device.value),
+            "attention": hardware.attention_choice(train, str(device.value)),
             "learning rate": hardware.learning_rate_choice(train),
         }
     )
@@ -154,9 +162,12 @@ def load_base(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dtype = torch.float32 if trained else setup.dtype
+    attention = None if setup.attention == hardware.CPU_ATTENTION else setup.attention
     if head == "causal" and not quantized:
-        return load_model(model_path, dtype=dtype, device=setup.device)
+        return load_model(model_path, dtype=dtype, device=setup.device, attention=attention)
     options: dict[str, Any] = {"dtype": dtype, "device_map": setup.device}
+    if attention:
+        options["attn_implementation"] = attention
     if quantized:
         options["quantization_config"] = quantization_config(setup.dtype)
     if head == "causal":
@@ -271,19 +282,30 @@ def callbacks(config: HoneConfig, console: Console, validating: bool, descriptio
 
 
 def fit(
-    trainer: Any, run: RunFolder, adapter_kind: str, resume: Path | None, truncated: int = 0
+    trainer: Any,
+    run: RunFolder,
+    adapter_kind: str,
+    resume: Path | None,
+    truncated: int = 0,
+    attention: str = hardware.CPU_ATTENTION,
 ) -> TrainResult:
-    """Train (from a checkpoint when resuming), then write the loss history and the final weights."""
+    """Train (from a checkpoint when resuming), then write the loss history and the final weights.
+
+    `attention` is the setup's choice: on CPU, hone's own (hone.train.cpu_attention) only when it is
+    hardware.CPU_ATTENTION; a kernel named in the config stays as loaded."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
+    used = trainer.model.config._attn_implementation
     with contextlib.ExitStack() as cpu_kernels:
         if trainer.args.use_cpu:  # each measured in benchmarks/lora_step.py
             use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source
             cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added in place
-            cpu_kernels.enter_context(cpu_attention(trainer.model))  # hone.train.cpu_attention
+            own = attention == hardware.CPU_ATTENTION
+            if own and cpu_kernels.enter_context(cpu_attention(trainer.model)):  # hone.train.cpu_attention
+                used = CPU_ATTENTION_NAME
             cpu_kernels.enter_context(fused_rotary(trainer.model))  # rotary embedding in one node
             cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -309,6 +331,7 @@ def fit(
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
         distributed=str(trainer.accelerator.distributed_type.value),
         precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+        attention=str(used),
         best_metric={str(trainer.args.metric_for_best_model): float(state.best_metric)}
         if trainer.args.load_best_model_at_end and state.best_metric is not None
         else None,

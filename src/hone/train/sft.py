@@ -132,4 +132,4 @@ def fit_language_model(
         data_collator=PackedCollator(tokenizer.pad_token_id) if config.train.packing else None,
         callbacks=callbacks(config, console, validating, config.train.method),
     )
-    return fit(trainer, run, config.train.adapter.kind, resume, truncated)
+    return fit(trainer, run, config.train.adapter.kind, resume, truncated, setup.attention)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hone.config import TrainConfig, load_config
+from hone.errors import HoneError
 from hone.train import hardware
 from hone.train.setup import Setup, load_base
 
@@ -39,9 +40,23 @@ def test_full_fine_tuning_keeps_fp32_weights_under_bf16(tiny_model_dir: Path) ->
             "precision": hardware.Choice("bf16", ""),
             "gradient checkpointing": hardware.Choice(False, ""),
             "learning rate": hardware.Choice(config.train.resolved_learning_rate(), ""),
+            "attention": hardware.Choice(hardware.CPU_ATTENTION, ""),
         }
     )
     frozen = load_base(tiny_model_dir, setup, quantized=False)
     trained = load_base(tiny_model_dir, setup, quantized=False, trained=True)
     assert next(frozen.parameters()).dtype == torch.bfloat16  # a frozen base is held in bf16
     assert {p.dtype for p in trained.parameters()} == {torch.float32}  # AdamW updates fp32 master weights
+
+
+def test_attention_is_hone_s_on_cpu_sdpa_on_gpus_and_flex_only_on_gpus() -> None:
+    auto = TrainConfig()
+    assert hardware.attention_choice(auto, "cpu").value == hardware.CPU_ATTENTION
+    assert hardware.attention_choice(auto, "cuda").value == "sdpa"
+    assert hardware.attention_choice(TrainConfig(attention="eager"), "cpu") == hardware.Choice(
+        "eager", "set in the config"
+    )
+    flex = TrainConfig(attention="flex_attention")
+    assert hardware.attention_choice(flex, "cuda").value == "flex_attention"
+    with pytest.raises(HoneError, match="flex_attention trains only on CUDA"):
+        hardware.attention_choice(flex, "cpu")

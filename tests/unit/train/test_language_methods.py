@@ -56,6 +56,7 @@ def initial_trainable(config: HoneConfig, model_path: Path) -> dict[str, torch.T
             "precision": hardware.Choice("fp32", ""),
             "gradient checkpointing": hardware.Choice(False, ""),
             "learning rate": hardware.Choice(1e-2, ""),
+            "attention": hardware.Choice(hardware.CPU_ATTENTION, ""),
         }
     )
     model = build_model(config, model_path, setup)
@@ -167,6 +168,13 @@ def test_report_to_an_unknown_logger_fails_before_training(
     with pytest.raises(HoneError, match=r"train\.report_to: unknown logger 'carrier-pigeon'"):
         run_training(config, Console(record=True))
     assert not (tmp_path / "runs").exists()
+    config.train.report_to = []
+    config.train.attention = "flex_attention"
+    if torch.cuda.is_available():
+        return  # flex attention trains there
+    with pytest.raises(HoneError, match="flex_attention trains only on CUDA") as error:
+        run_training(config, Console(record=True))
+    assert error.value.exit_code == 2 and not (tmp_path / "runs").exists()
 
 
 class KernelSpy(TrainerCallback):
@@ -206,3 +214,29 @@ def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
     fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0  # norms and MLPs
     assert spy.seen and all(seen == ("hone_cpu", lora_layers + fused) for seen in spy.seen)
     assert KernelSpy.kernels(spy.model) == ("sdpa", 0)  # as transformers and PEFT made it
+    assert run.manifest["training"]["attention"] == "hone_cpu"
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_an_attention_kernel_named_in_the_config_is_the_one_that_trains(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    small_task: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    attention: str,
+) -> None:
+    from hone.train import compiled_ops, sft
+
+    spy = KernelSpy()
+    shared = sft.callbacks
+    monkeypatch.setattr(sft, "callbacks", lambda *args: [*shared(*args), spy])
+    config = sft_lora(tmp_path, tiny_model_dir, small_task)
+    config.train.attention = attention  # type: ignore[assignment]
+    console = Console(record=True, width=160)
+    run = run_training(config, console)
+    assert run.manifest["training"]["attention"] == attention
+    assert math.isfinite(run.manifest["training"]["train_loss"])
+    fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0
+    # the configured attention while training, hone's other CPU kernels still on
+    assert spy.seen and all(seen == (attention, 7 * 2 + fused) for seen in spy.seen)
+    assert f"attention: {attention}  (set in the config)" in console.export_text()

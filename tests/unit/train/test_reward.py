@@ -110,6 +110,7 @@ def test_a_reward_model_ranks_chosen_over_rejected_after_training(
     config = config_for(tmp_path, tiny_model_dir, "lora", train=16, validation=4, max_steps=8, eval_every=8)
     held_out = toy_pairs(16, first=5000)
     cpu = {"device": "cpu", "precision": "fp32", "gradient checkpointing": False, "learning rate": 1e-2}
+    cpu["attention"] = hardware.CPU_ATTENTION
     untrained = build_model(
         config, tiny_model_dir, Setup({k: hardware.Choice(v, "") for k, v in cpu.items()}), "score"
     )
