@@ -16,26 +16,23 @@ import pytest
 import torch
 
 
-def in_process(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each configuration in this process instead of a fresh one."""
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    """The script, running each configuration in this process instead of a fresh one."""
+    script = benchmark_script("train_throughput")
 
     def measure(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
-        spec = bench.run_spec(name, spec, folder)
-        bench.child(spec)
+        spec = script.run_spec(name, spec, folder)
+        script.child(spec)
         return json.loads(Path(spec["result"]).read_text(encoding="utf-8"))
 
-    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(script, "measure", measure)
+    return script
 
 
 def test_report_has_every_configuration(
-    tmp_path: Path,
-    tiny_model_dir: Path,
-    small_task: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    benchmark_script: Callable[[str], ModuleType],
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], bench: ModuleType
 ) -> None:
-    bench = benchmark_script("train_throughput")
-    in_process(bench, monkeypatch)
     out = tmp_path / "throughput.json"
     options = ["--model", str(tiny_model_dir), "--steps", "2", "--rounds", "1", "--batch-size", "2"]
     options += ["--train", str(small_task["train"]), "--validation", str(small_task["validation"])]
@@ -62,9 +59,8 @@ def test_a_random_model_of_a_public_shape_is_written_and_benchmarked(
     tiny_model_dir: Path,
     small_task: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
-    benchmark_script: Callable[[str], ModuleType],
+    bench: ModuleType,
 ) -> None:
-    bench = benchmark_script("train_throughput")
     shapes = sys.modules["model_shapes"]
     sizes = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
     monkeypatch.setitem(shapes.SHAPES, "tiny-qwen2", {**shapes.SHAPES["qwen2.5-0.5b"], **sizes})
@@ -77,7 +73,6 @@ def test_a_random_model_of_a_public_shape_is_written_and_benchmarked(
     assert next(model.parameters()).dtype == torch.bfloat16
     assert (folder / "tokenizer.json").is_file()
 
-    in_process(bench, monkeypatch)
     out = tmp_path / "throughput.json"
     options = ["--shape", "tiny-qwen2", "--model", str(tiny_model_dir), "--steps", "2", "--rounds", "1"]
     options += ["--train", str(small_task["train"]), "--validation", str(small_task["validation"])]
@@ -88,16 +83,13 @@ def test_a_random_model_of_a_public_shape_is_written_and_benchmarked(
 
 
 @pytest.mark.parametrize("shape", ["qwen2.5-0.5b", "llama-3.2-1b", "llama-3.1-8b", "smollm2-135m"])
-def test_model_flops_count_every_matrix_product_of_the_architecture(
-    shape: str, benchmark_script: Callable[[str], ModuleType]
-) -> None:
+def test_model_flops_count_every_matrix_product_of_the_architecture(shape: str, bench: ModuleType) -> None:
     """linear_weights against the architecture transformers builds (on the meta device: no memory), and
     the forward FLOPs of a tiny model against torch's own FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    benchmark_script("train_throughput")
-    shapes = sys.modules["model_shapes"]
+    shapes = sys.modules["model_shapes"]  # imported by the script
     fields = dict(shapes.SHAPES[shape])
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     with torch.device("meta"):
@@ -120,8 +112,7 @@ def test_model_flops_count_every_matrix_product_of_the_architecture(
     assert shapes.training_flops(small, n, n * (n + 1) // 2) == causal
 
 
-def test_examples_are_counted_within_packed_rows(benchmark_script: Callable[[str], ModuleType]) -> None:
-    bench = benchmark_script("train_throughput")
+def test_examples_are_counted_within_packed_rows(bench: ModuleType) -> None:
     assert bench.sequence_lengths({"input_ids": [1] * 7}) == [7]
     assert bench.sequence_lengths({"input_ids": [1] * 7, "position_ids": [0, 1, 2, 0, 1, 0, 1]}) == [3, 2, 2]
     assert bench.sequence_lengths({"input_ids": [1] * 7, "seq_lengths": [4, 3]}) == [4, 3]
