@@ -20,8 +20,17 @@ from hone.config import HoneConfig
 from hone.errors import HoneError
 from hone.estimate import API_INPUT_PRICE, API_OUTPUT_PRICE, COMPLETION_TOKENS, METHODS, PROMPT_TOKENS
 
-console = Console()
-errors = Console(stderr=True)
+
+def output_console(stderr: bool = False) -> Console:
+    """Rich's console, 160 columns wide where the output is not a terminal and COLUMNS says nothing: rich
+    would draw 80 there and cut every figure of the ladder's tables in logs and pipes."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if piped else None)
+
+
+console = output_console()
+errors = output_console(stderr=True)
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="hone: the fine-tuning lifecycle for LLMs."
 )

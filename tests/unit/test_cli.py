@@ -16,6 +16,19 @@ def hone(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
+def test_output_that_is_not_a_terminal_is_drawn_160_columns_wide() -> None:
+    command = [sys.executable, "-c", "from hone.cli import main; main()", "estimate", "--model", "1.5B"]
+    command += ["--hardware", "h100"]
+    environment = {name: value for name, value in os.environ.items() if name != "COLUMNS"}
+    piped = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    assert piped.returncode == 0, piped.stderr
+    widths = [len(line) for line in piped.stdout.splitlines()]
+    assert 80 < max(widths) <= 160  # rich alone would cut every line at 80
+    environment["COLUMNS"] = "80"
+    narrow = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80  # COLUMNS still decides
+
+
 def test_config_validate_ok_and_bad() -> None:
     ok = hone("config", "validate", "configs/quickstart.yaml")
     assert ok.returncode == 0, ok.stderr
