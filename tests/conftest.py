@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,9 @@ def tokenizer():
 
     from hone.models.resolve import ALIASES
 
+    saved = os.environ.get("HONE_TEST_TOKENIZER")  # a saved copy where the model's package is not installed
+    if saved:  # (GPU machines: benchmarks/device/kit.sh writes .kit/tokenizer)
+        return AutoTokenizer.from_pretrained(saved)
     gguf = ALIASES["smollm2-135m-instruct"].locate()
     loaded = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return loaded
