@@ -291,7 +291,13 @@ class EvaluateConfig(Strict):
         description="JSON Schema the outputs must follow; enables schema adherence and per-field scores.",
     )
     max_new_tokens: int = Field(96, ge=1, description="Longest generated answer.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded, KV cache).")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Most prompts generated together (left-padded, KV cache); batches of long prompts hold "
+        "fewer, within 32,768 tokens of prompt plus new tokens. On the example task 64 generates 1.6x the "
+        "tokens/s of 16 on CPU; reported latency is the batch's wall time, so it grows with the batch.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Weights and compute of the evaluated local models (every local rung alike); auto: bf16 "

@@ -1,7 +1,9 @@
 """Batched greedy generation for evaluation: left padding, KV cache, prompts sorted by length.
 
 Sorting by length keeps padding (wasted compute) small inside each batch; results are returned in the
-caller's order.
+caller's order. A batch holds at most `batch_size` prompts and at most BATCH_TOKENS tokens of prompt plus
+new tokens (its KV cache), so batches of long prompts hold fewer: large batches generate faster (each
+decoding step reads the weights once for every row) without the memory of long prompts growing with them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+# Tokens (rows x (longest prompt + max_new_tokens)) of one generation batch: 64 rows of 512.
+BATCH_TOKENS = 1 << 15
+
+
+def budgeted_batches(
+    order: Sequence[int], cost: Callable[[list[int]], int], max_rows: int, budget: int
+) -> list[list[int]]:
+    """Consecutive runs of `order` of at most `max_rows` whose `cost` stays within `budget` (a run of one
+    may exceed it: every index gets a batch)."""
+    batches: list[list[int]] = []
+    for index in order:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < max_rows and cost([*last, index]) <= budget:
+            last.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 @dataclass
@@ -38,8 +58,11 @@ def generate_chat(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     model.eval()
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+
+    def cost(batch: list[int]) -> int:
+        return len(batch) * (max(len(encoded[i]) for i in batch) + max_new_tokens)
+
+    for batch in budgeted_batches(order, cost, batch_size, BATCH_TOKENS):
         width = max(len(encoded[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

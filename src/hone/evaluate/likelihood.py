@@ -15,7 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hone.evaluate.generate import budgeted_batches
 from hone.evaluate.metrics import mean_loss_and_perplexity
+
+# Logits of one scoring batch (fp32: 512 MiB), whatever evaluate.batch_size allows.
+LOGITS_BUDGET = 1 << 27
 
 
 @dataclass
@@ -44,7 +48,8 @@ def reference_loss(
     """Summed NLL and token count of each reference reply given its chat prompt, batched, without gradients.
 
     Batches are left-padded with explicit position ids, so every reply ends at the last column and only
-    the last (longest reply + 1) positions need logits: the vocabulary-sized tensor stays small.
+    the last (longest reply + 1) positions need logits; a batch holds at most LOGITS_BUDGET of them (long
+    replies and large vocabularies get fewer rows).
     """
     if len(prompts) != len(references):
         raise ValueError(f"{len(prompts)} prompts for {len(references)} references")
@@ -54,8 +59,12 @@ def reference_loss(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    vocabulary = model.get_output_embeddings().weight.size(0)
+
+    def logits(batch: list[int]) -> int:  # the fp32 logits a batch holds: rows x (longest reply + 1) x V
+        return len(batch) * (max(len(pairs[i][1]) for i in batch) + 1) * vocabulary
+
+    for batch in budgeted_batches(order, logits, batch_size, LOGITS_BUDGET):
         sums = _batch_nll(model, [pairs[i] for i in batch], pad_id, device)
         for index, value in zip(batch, sums, strict=True):
             nll_sums[index] = value

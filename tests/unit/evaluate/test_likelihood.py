@@ -65,3 +65,25 @@ def test_batch_size_does_not_change_the_loss(tiny_model, tokenizer) -> None:
     two = reference_loss(tiny_model, tokenizer, PROMPTS, REFERENCES, batch_size=2)
     assert two.nll_sums == pytest.approx(one.nll_sums, rel=1e-4)
     assert two.token_counts == one.token_counts
+
+
+def test_a_logits_budget_splits_batches_without_changing_the_loss(
+    tiny_model, tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hone.evaluate.likelihood as likelihood
+
+    whole = reference_loss(tiny_model, tokenizer, PROMPTS, REFERENCES, batch_size=3)
+    calls: list[int] = []
+    batch_nll = likelihood._batch_nll
+
+    def counted(model: object, pairs: list, *rest: object) -> list[float]:
+        calls.append(len(pairs))
+        return batch_nll(model, pairs, *rest)
+
+    monkeypatch.setattr(likelihood, "_batch_nll", counted)
+    vocabulary = tiny_model.get_output_embeddings().weight.size(0)
+    longest = max(len(encode_pair(tokenizer, p, r)[1]) for p, r in zip(PROMPTS, REFERENCES, strict=True))
+    monkeypatch.setattr(likelihood, "LOGITS_BUDGET", (longest + 1) * vocabulary)  # one longest reply's
+    split = reference_loss(tiny_model, tokenizer, PROMPTS, REFERENCES, batch_size=3)
+    assert len(calls) >= 2 and sum(calls) == 3  # batch_size allowed one batch; the budget did not
+    assert split.nll_sums == pytest.approx(whole.nll_sums, rel=1e-4)
