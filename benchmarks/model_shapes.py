@@ -119,13 +119,16 @@ def write_random_model(shape: str, folder: Path, tokenizer_from: Path, device: s
     return folder
 
 
+def head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def linear_weights(config: Any) -> int:
     """Weights of every matrix product of one token's forward pass: attention and MLP projections of
     every layer and the language-model head (tied or not, it is one product), biases left out."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    query = config.num_attention_heads * head_dim
-    key_value = config.num_key_value_heads * head_dim
+    query = config.num_attention_heads * head_dim(config)
+    key_value = config.num_key_value_heads * head_dim(config)
     attention = hidden * query * 2 + hidden * key_value * 2  # q and o; k and v
     mlp = 3 * hidden * config.intermediate_size  # gate, up, down
     return layers * (attention + mlp) + hidden * config.vocab_size
@@ -134,8 +137,7 @@ def linear_weights(config: Any) -> int:
 def training_flops(config: Any, tokens: int, attention_pairs: int, full: bool = False) -> float:
     """FLOPs of one training pass over `tokens` tokens whose causal attention computes `attention_pairs`
     (query, key) pairs (an example of n tokens has n(n+1)/2)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    width = config.num_attention_heads * head_dim
+    width = config.num_attention_heads * head_dim(config)
     attention = 3 * 2 * 2 * width * attention_pairs * config.num_hidden_layers
     return (6 if full else 4) * linear_weights(config) * tokens + attention
 

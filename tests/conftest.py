@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -91,6 +92,20 @@ def benchmark_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleT
         return module
 
     return load
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    """benchmarks/train_throughput.py, running each configuration in this process instead of a fresh one."""
+    script = benchmark_script("train_throughput")
+
+    def measure(name: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+        spec = script.run_spec(name, spec, folder)
+        script.child(spec)
+        return json.loads(Path(spec["result"]).read_text(encoding="utf-8"))
+
+    monkeypatch.setattr(script, "measure", measure)
+    return script
 
 
 @pytest.fixture

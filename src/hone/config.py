@@ -300,9 +300,9 @@ class EvaluateConfig(Strict):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="Weights and compute of the evaluated local models (every local rung alike); auto: bf16 "
-        "where the CPU has AMX or AVX512-BF16 (the quickstart's ladder 2x faster, the same verdict and "
-        "exact match within 0.01 of fp32's), else fp32.",
+        description="Weights and compute of the evaluated local models (every local rung and a local judge "
+        "alike); auto: bf16 on GPUs with bf16 and on CPUs with AMX or AVX512-BF16 (the quickstart's ladder "
+        "2x faster on CPU, the same verdict and exact match within 0.01 of fp32's), else fp32.",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test examples.")
     metrics: list[str] = Field(

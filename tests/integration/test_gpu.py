@@ -3,9 +3,7 @@ throughput benchmark's MFU. Marked `gpu`: skipped where no CUDA GPU is present (
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -75,20 +73,8 @@ def test_a_trained_run_is_evaluated_on_the_gpu(
 
 
 def test_the_throughput_benchmark_reports_mfu_on_the_gpu(
-    tmp_path: Path,
-    tiny_model_dir: Path,
-    small_task: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    benchmark_script: Callable[[str], ModuleType],
+    tiny_model_dir: Path, small_task: dict[str, Path], bench: ModuleType
 ) -> None:
-    bench = benchmark_script("train_throughput")
-
-    def measure(name: str, spec: dict[str, object], folder: Path) -> dict[str, object]:
-        spec = bench.run_spec(name, spec, folder)
-        bench.child(spec)
-        return json.loads(Path(str(spec["result"])).read_text(encoding="utf-8"))
-
-    monkeypatch.setattr(bench, "measure", measure)
     options = ["--model", str(tiny_model_dir), "--steps", "3", "--rounds", "1", "--batch-size", "2"]
     options += ["--train", str(small_task["train"]), "--validation", str(small_task["validation"])]
     report = bench.main([*options, "--val-examples", "2", "--configs", "trl-tuned", "hone"])

@@ -43,18 +43,11 @@ def parse_score(reply: str, max_score: int) -> float | None:
 def load_judge(reference: str, precision: str = "fp32") -> tuple[Any, Any]:
     """The judge model (a hone run folder or any model reference) where evaluation runs its local models,
     at the evaluated models' precision."""
-    from hone.models.resolve import (
-        inference_device,
-        inference_dtype,
-        load_model,
-        load_tokenizer,
-        resolve_model,
-    )
+    from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
     from hone.models.trained import trained_model
     from hone.runs import MANIFEST, open_language_model_run
 
-    device = inference_device()
-    dtype = inference_dtype(precision, device)
+    device, dtype = local_inference(precision)
     path = Path(reference)
     if (path / MANIFEST).is_file():
         return trained_model(open_language_model_run(path, "judge"), dtype, device)

@@ -36,7 +36,7 @@ from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_json, atomic_write_jsonl
-from hone.models.resolve import inference_device, inference_dtype, load_model, load_tokenizer, resolve_model
+from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
 from hone.models.trained import trained_model
 from hone.runs import FinishedRun, RunFolder, now, open_language_model_run
 
@@ -173,8 +173,8 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
     """Zero-shot, few-shot and RAG on the base model (loaded once), and the base's general check."""
     config, settings = inputs.config, inputs.config.evaluate
     model_path = resolve_model(config.model.reference)
-    device = inference_device()
-    model = load_model(model_path, inference_dtype(settings.precision, device), device)
+    device, dtype = local_inference(settings.precision)
+    model = load_model(model_path, dtype, device)
     tokenizer = load_tokenizer(model_path)
     for name in prompting_rung_names(settings):
         if name == "zero-shot":
@@ -216,8 +216,8 @@ def fine_tuned_rung(
     inputs: LadderInputs, candidate: FinishedRun, base_general: General | None, console: Console
 ) -> Rung:
     settings = inputs.config.evaluate
-    device = inference_device()
-    model, tokenizer = trained_model(candidate, inference_dtype(settings.precision, device), device)
+    device, dtype = local_inference(settings.precision)
+    model, tokenizer = trained_model(candidate, dtype, device)
     prompts = [prompt_messages(e.messages) for e in inputs.test]
     answers = answer_all(
         candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console
@@ -329,6 +329,7 @@ def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
     baseline = max(prompting, key=lambda r: values[r.name])
     records = [rung_record(inputs, rung, baseline, primary, n) for rung in rungs]
     target = settings.target.model_dump() if settings.target else None
+    device, dtype = local_inference(settings.precision)
     return {
         "format": LADDER_FORMAT,
         "created": now(),
@@ -338,8 +339,8 @@ def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
             "dataset_hash": dataset_hash({"test": inputs.test}),
         },
         "primary_metric": primary,
-        "device": inference_device(),
-        "precision": str(inference_dtype(settings.precision, inference_device())).removeprefix("torch."),
+        "device": device,
+        "precision": str(dtype).removeprefix("torch."),
         "target": target,
         "baseline": baseline.name,
         "rungs": records,

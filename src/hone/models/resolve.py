@@ -198,6 +198,12 @@ def inference_dtype(precision: str, device: str = "cpu") -> Any:
     return torch_dtype(precision)
 
 
+def local_inference(precision: str) -> tuple[str, Any]:
+    """(device, dtype) of the local models evaluation runs at `precision`."""
+    device = inference_device()
+    return device, inference_dtype(precision, device)
+
+
 def load_model(path: Path, dtype: Any = None, device: str = "cpu", attention: str | None = None) -> Any:
     """A causal LM in `dtype` (fp32 by default) on `device`, with transformers' attention kernel named
     `attention` (its default when None)."""
