@@ -113,6 +113,7 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-tuned+packing": replace(TUNED, layout="packing"),
     "trl-tuned+packing+flex": replace(TUNED, layout="packing", attention="flex_attention"),  # CUDA only
     "hone+packing": ["train.packing=true"],
+    "hone+padded": ["train.padding_free=false"],
     "hone+grouped-batches": ["train.group_by_length=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
     "hone+bf16": ["train.precision=bf16"],
@@ -364,11 +365,11 @@ def run_hone(spec: dict[str, Any], overrides: list[str], meter: StepMeter) -> No
     original = hone.train.sft.callbacks
     hone.train.sft.callbacks = lambda *args: [*original(*args), meter]  # type: ignore[assignment]
     try:
-        run_training(config, Console(quiet=True), track=False)
+        run = run_training(config, Console(quiet=True), track=False)
     finally:
         hone.train.sft.callbacks = original  # type: ignore[assignment]
     meter.effective.update(
-        layout="packing" if config.train.packing else "padded",
+        layout=run.manifest["training"]["layout"],
         assistant_only_loss=True,
         max_length=MAX_LENGTH,
     )

@@ -146,6 +146,13 @@ class TrainConfig(Strict):
     packing: bool = Field(
         False, description="Pack short examples into rows of model.max_length (no attention across them)."
     )
+    padding_free: bool | Literal["auto"] = Field(
+        "auto",
+        description="Put each step's examples in one row without padding (restarting positions keep them "
+        "apart). auto: on CPU where hone's attention trains the model (it attends within each example), "
+        "off elsewhere; with other attention kernels the row gets one mask over all of it, quadratic in "
+        "the step's tokens (on GPUs use flash or flex attention with it). Ignored with packing.",
+    )
     attention: Literal["auto", "eager", "sdpa", "flex_attention"] = Field(
         "auto",
         description="Attention kernel while training. auto: on CPU hone's grouped-head attention for the "

@@ -10,6 +10,13 @@ head stacked into one matmul (no repeated keys or values), the scale folded into
 1/3 the size of the scores), and the softmax in the activations' dtype: torch's CPU softmax accumulates
 bf16 in fp32 and rounds once, the same as eager's fp32 softmax followed by its cast.
 
+Padding-free batches (every example of the batch in one row, each with its own positions, and the sequence
+boundaries `cu_seq_lens_q` of TRL's padding-free collator) are laid out again as one padded row per
+example inside the attention only (`Segments`): the linear layers, norms, MLP, rotary embedding and LoRA
+dropout, most of a step, then run on the batch's tokens alone instead of padded rows, and the attention
+still costs what it costs over padded rows (a causal mask per example), not the quadratic cost of the
+whole row that transformers' block-diagonal mask gives (packed examples never see one another either way).
+
 It is registered with transformers' attention and mask interfaces (the additive float mask of eager) and
 switched on only around training for model types whose attention is plain scaled dot-product (no logit
 soft-capping, no attention sinks): `cpu_attention(model)`.
@@ -18,6 +25,7 @@ soft-capping, no attention sinks): `cpu_attention(model)`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +53,10 @@ def grouped_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """softmax(q k^T * scaling + mask) v; (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    segments = Segments.of(kwargs.get("cu_seq_lens_q"), query, getattr(module, "sliding_window", None))
+    if segments is not None:
+        query, key, value = (segments.padded(t) for t in (query, key, value))
+        attention_mask = segments.mask
     batch, heads, length, dim = query.shape
     kv_heads, kv_length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
@@ -58,7 +70,81 @@ def grouped_attention(
     if dropout and module.training:
         weights = F.dropout(weights, p=dropout)
     output = torch.matmul(weights, value).view(batch, heads, length, dim)
+    if segments is not None:
+        return segments.flat(output), None
     return output.transpose(1, 2).contiguous(), None
+
+
+class _Gathered(torch.autograd.Function):
+    """Rows `index` of a 2-D tensor; in backward, row i of the source gets the gradient of output row
+    `back[i]`, or zero where `back[i]` is the output's length (with `zero_row`). The two index tensors are
+    inverse maps on the rows that matter, so no gradient is added up (index_select's own backward would
+    scatter-add serially)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, source: torch.Tensor, index: torch.Tensor, back: torch.Tensor, zero_row: bool
+    ) -> torch.Tensor:
+        ctx.save_for_backward(back)
+        ctx.zero_row = zero_row
+        return source.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (back,) = ctx.saved_tensors
+        if ctx.zero_row:  # `back` points padding at row len(grad): make it a zero row
+            grad = torch.cat([grad, grad.new_zeros(1, grad.size(1))])
+        return grad.index_select(0, back), None, None, None
+
+
+class Segments:
+    """The examples of a padding-free row (sequence starts `starts`, a batch of one row) as one padded
+    row each, for the attention: its queries, keys and values are gathered into (examples, heads, longest,
+    dim) and its output back into the row's layout. Made once per forward pass and reused by every layer
+    (the boundaries are the same tensor for all of them)."""
+
+    _last: tuple[Any, Segments] | None = None
+
+    def __init__(self, starts: torch.Tensor, dtype: torch.dtype, window: int | None) -> None:
+        bounds = starts.tolist()
+        lengths = [end - start for start, end in itertools.pairwise(bounds)]
+        self.total, self.count, self.longest = bounds[-1], len(lengths), max(lengths)
+        slot = torch.arange(self.longest)
+        valid = slot[None, :] < torch.tensor(lengths)[:, None]  # (examples, longest)
+        rows = starts[:-1, None].long() + slot[None, :]
+        self.slots = rows.where(valid, 0).reshape(-1)  # padded slot -> row of the flat batch (0: padding)
+        self.slots_or_end = rows.where(valid, self.total).reshape(-1)  # (total: padding)
+        self.rows = valid.reshape(-1).nonzero().squeeze(1)  # row of the flat batch -> its padded slot
+        allowed = valid[:, None, :] & (slot[None, :, None] >= slot[None, None, :])  # causal, no padded keys
+        if window is not None:
+            allowed = allowed & (slot[None, :, None] - slot[None, None, :] < window)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        self.mask = mask[:, None]  # (examples, 1, longest, longest), eager's additive mask
+
+    @classmethod
+    def of(cls, starts: torch.Tensor | None, query: torch.Tensor, window: int | None) -> Segments | None:
+        """The layout for a padding-free batch of several examples, or None for anything else."""
+        if starts is None or query.size(0) != 1 or starts.numel() < 3 or query.device.type != "cpu":
+            return None
+        last = cls._last
+        if last is not None and last[0] is starts and last[1].mask.dtype == query.dtype:
+            return last[1]
+        made = cls(starts, query.dtype, window)
+        cls._last = (starts, made)
+        return made
+
+    def padded(self, t: torch.Tensor) -> torch.Tensor:
+        """(1, heads, total, dim) -> (examples, heads, longest, dim)."""
+        heads, dim = t.size(1), t.size(3)
+        rows = t[0].transpose(0, 1).reshape(self.total, heads * dim)  # a view if t is (1, total, ...)'s
+        gathered = _Gathered.apply(rows, self.slots, self.rows, False)
+        return gathered.view(self.count, self.longest, heads, dim).transpose(1, 2)
+
+    def flat(self, output: torch.Tensor) -> torch.Tensor:
+        """(examples, heads, longest, dim) -> (1, total, heads, dim): what attention functions return."""
+        heads, dim = output.size(1), output.size(3)
+        slots = output.transpose(1, 2).reshape(self.count * self.longest, heads * dim)
+        return _Gathered.apply(slots, self.rows, self.slots_or_end, True).view(1, self.total, heads, dim)
 
 
 def register() -> None:

@@ -79,6 +79,18 @@ def attention_choice(train: TrainConfig, device: str) -> Choice:
     return Choice("sdpa", "GPU: torch's scaled_dot_product_attention (transformers' default)")
 
 
+def padding_free_choice(train: TrainConfig, device: str, attention: str) -> Choice:
+    if train.method not in ("sft", "pretrain"):
+        return Choice(False, f"{train.method} batches are padded")
+    if train.packing:
+        return Choice(False, "packing: examples already share rows")
+    if train.padding_free != "auto":
+        return Choice(bool(train.padding_free), "set in the config")
+    if device == "cpu" and attention == CPU_ATTENTION:
+        return Choice(True, "CPU: hone's attention keeps each example apart; nothing is spent on padding")
+    return Choice(False, "transformers would mask the whole row densely; batches padded to their longest")
+
+
 def checkpointing_choice(train: TrainConfig, device: str) -> Choice:
     if train.gradient_checkpointing != "auto":
         return Choice(bool(train.gradient_checkpointing), "set in the config")

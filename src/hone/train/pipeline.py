@@ -196,6 +196,7 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "distributed": result.distributed,
         "precision": result.precision,
         "attention": result.attention,
+        "layout": result.layout,
     }
 
 

@@ -47,6 +47,7 @@ class TrainResult:
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     precision: str = "fp32"  # what training computed in; export dequantizes a 4-bit base to it
     attention: str = "sdpa"  # the attention kernel training ran (transformers' name, or hone's)
+    layout: str = "padded"  # how a step's examples were laid out: padded, padding-free or packed
     best_metric: dict[str, float] | None = None  # {name: value} that chose the kept checkpoint
 
 
@@ -72,6 +73,11 @@ class Setup:
     def attention(self) -> str:
         """The attention kernel: transformers' name, or hardware.CPU_ATTENTION (hone's, applied by `fit`)."""
         return str(self.choices["attention"].value)
+
+    @property
+    def padding_free(self) -> bool:
+        choice = self.choices.get("padding-free batches")
+        return bool(choice and choice.value)
 
     @property
     def checkpointing(self) -> bool:
@@ -107,12 +113,14 @@ def choose(config: HoneConfig, console: Console) -> Setup:
     train = config.train
     set_seed(train.seed)  # adapter and head initialisation, also where TRL builds the adapter itself
     device = hardware.device_choice()
+    attention = hardware.attention_choice(train, str(device.value))
     setup = Setup(
         {
             "device": device,
             "precision": hardware.precision_choice(train, device.value),
             "gradient checkpointing": hardware.checkpointing_choice(train, device.value),
-            "attention": hardware.attention_choice(train, str(device.value)),
+            "attention": attention,
+            "padding-free batches": hardware.padding_free_choice(train, device.value, attention.value),
             "learning rate": hardware.learning_rate_choice(train),
         }
     )
@@ -288,11 +296,12 @@ def fit(
     resume: Path | None,
     truncated: int = 0,
     attention: str = hardware.CPU_ATTENTION,
+    layout: str = "padded",
 ) -> TrainResult:
     """Train (from a checkpoint when resuming), then write the loss history and the final weights.
 
     `attention` is the setup's choice: on CPU, hone's own (hone.train.cpu_attention) only when it is
-    hardware.CPU_ATTENTION; a kernel named in the config stays as loaded."""
+    hardware.CPU_ATTENTION; a kernel named in the config stays as loaded. `layout` is recorded as given."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for default_display in (PrinterCallback, ProgressCallback):
@@ -332,6 +341,7 @@ def fit(
         distributed=str(trainer.accelerator.distributed_type.value),
         precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         attention=str(used),
+        layout=layout,
         best_metric={str(trainer.args.metric_for_best_model): float(state.best_metric)}
         if trainer.args.load_best_model_at_end and state.best_metric is not None
         else None,

@@ -20,6 +20,7 @@ from hone.errors import HoneError
 from hone.models.templates import training_chat_template
 from hone.runs import RunFolder
 from hone.train.setup import Setup, TrainResult, build_model, callbacks, choose, fit, trainer_arguments
+from hone.train.swap import language_model
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,19 @@ class PackedCollator:
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         return collate_packed(rows, self.pad_token_id)
+
+
+def padding_free(config: HoneConfig, setup: Setup, model: Any) -> bool:
+    """Whether a step's examples go in one row without padding (TRL's padding-free collator: restarting
+    position ids and the sequence boundaries). Under `auto` that is where hone's CPU attention trains the
+    model, which keeps the examples apart at the cost of padded rows (hone.train.cpu_attention.Segments)
+    while everything else in the step skips the padding (6% of a padded batch's positions on the example
+    task), so a model family it does not cover stays padded."""
+    from hone.train.cpu_attention import supported
+
+    if not setup.padding_free:
+        return False
+    return config.train.padding_free is True or supported(language_model(model))
 
 
 def train_sft(
@@ -116,20 +130,32 @@ def fit_language_model(
 
     validating = eval_set is not None
     grouped = config.train.group_by_length and not config.train.packing
+    model = build_model(config, model_path, setup)
+    collator: Any = None  # TRL's: batches padded to their longest row
+    layout = "padded"
+    if config.train.packing:
+        collator, layout = PackedCollator(tokenizer.pad_token_id), "packed"
+    elif padding_free(config, setup, model):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
+        layout = "padding-free"
     args = SFTConfig(
         **trainer_arguments(config, run, setup, validating),
-        include_num_input_tokens_seen="non_padding",
+        # a padding-free row is all tokens; counting "non-padding" there would leave out every real token
+        # that equals the pad token (often end-of-turn)
+        include_num_input_tokens_seen="all" if layout == "padding-free" else "non_padding",
         remove_unused_columns=False,  # hone builds exactly the columns it needs (position_ids when packed)
         max_length=config.model.max_length,
         train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = HoneSFTTrainer(
-        model=build_model(config, model_path, setup),
+        model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        data_collator=PackedCollator(tokenizer.pad_token_id) if config.train.packing else None,
+        data_collator=collator,
         callbacks=callbacks(config, console, validating, config.train.method),
     )
-    return fit(trainer, run, config.train.adapter.kind, resume, truncated, setup.attention)
+    return fit(trainer, run, config.train.adapter.kind, resume, truncated, setup.attention, layout)

@@ -1,8 +1,10 @@
 """hone.train.cpu_attention: the same attention as transformers' eager one, in value and gradient, on
-grouped heads with padding and with a KV cache; switched on only inside its block."""
+grouped heads with padding and with a KV cache; padding-free rows attend within each example; switched on
+only inside its block."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,78 @@ def test_grouped_attention_in_bf16_stays_within_bf16_rounding_of_fp32() -> None:
     half, _ = grouped_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16(), 0.25)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), exact, atol=3e-2, rtol=3e-2)
+
+
+def separately(query, key, value, starts: list[int], scaling: float, window: int | None = None):
+    """Eager attention over each example of a padding-free row on its own (a causal mask, the window)."""
+    outputs = []
+    for start, end in itertools.pairwise(starts):
+        n = end - start
+        allowed = torch.ones(n, n).tril().bool()
+        if window is not None:
+            allowed &= torch.ones(n, n).triu(-(window - 1)).bool()
+        mask = torch.zeros(1, 1, n, n, dtype=query.dtype).masked_fill(~allowed, torch.finfo(query.dtype).min)
+        part = [t[:, :, start:end] for t in (query, key, value)]
+        outputs.append(eager_attention_forward(Heads(query.size(1) // key.size(1)), *part, mask, scaling)[0])
+    return torch.cat(outputs, dim=1)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_a_padding_free_row_attends_within_each_example_in_value_and_gradients(window: int | None) -> None:
+    torch.manual_seed(2)
+    starts = [0, 5, 14, 17, 24]  # examples of 5, 9, 3 and 7 tokens in one row
+    heads, kv_heads, dim = 6, 2, 8
+    module = Heads(heads // kv_heads).train()
+    module.sliding_window = window
+    tensors = [torch.randn(1, h, starts[-1], dim, dtype=torch.float64) for h in (heads, kv_heads, kv_heads)]
+    # transformers' block-diagonal mask comes too; the boundaries are what the attention goes by
+    bounds = torch.tensor(starts, dtype=torch.int32)
+    results = []
+    for attention in (separately, grouped_attention):
+        inputs = [t.clone().requires_grad_(True) for t in tensors]
+        if attention is separately:
+            output = separately(*inputs, starts, 0.3, window)
+        else:
+            output, _ = grouped_attention(module, *inputs, None, 0.3, cu_seq_lens_q=bounds)
+        output.backward(torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output))
+        results.append((output, [t.grad for t in inputs]))
+    (expected, expected_grads), (output, grads) = results
+    assert output.shape == (1, starts[-1], heads, dim)
+    # eager's softmax runs in fp32 whatever the inputs
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
+    for ours, theirs in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_model_dir: Path) -> None:
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from hone.train import cpu_attention as module
+    from hone.train.trainer import labelled_loss
+
+    model = language_model(tiny_model_dir).train()
+    generator = torch.Generator().manual_seed(3)
+    rows = []
+    for length in (9, 16, 4, 12):
+        ids = torch.randint(3, 1000, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2 :]})
+    results = []
+    module.Segments._last = None
+    for free in (False, True):
+        batch = DataCollatorForLanguageModeling(0, padding_free=free)(rows)
+        labels = batch.pop("labels")
+        model.zero_grad()
+        with cpu_attention(model):
+            total, count, _ = labelled_loss(model, batch, labels)
+        total.backward()
+        results.append((total.detach(), int(count), [p.grad.clone() for p in model.parameters()]))
+    (padded, padded_count, padded_grads), (free, free_count, free_grads) = results
+    layout = module.Segments._last[1]  # the padding-free row went through the per-example layout
+    assert (layout.count, layout.longest, layout.total) == (4, 16, 41)
+    assert free_count == padded_count == sum(n - n // 2 for n in (9, 16, 4, 12))
+    torch.testing.assert_close(free, padded, atol=1e-4, rtol=1e-5)
+    for ours, theirs in zip(free_grads, padded_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
 
 
 def language_model(folder: Path):

@@ -60,3 +60,16 @@ def test_attention_is_hone_s_on_cpu_sdpa_on_gpus_and_flex_only_on_gpus() -> None
     assert hardware.attention_choice(flex, "cuda").value == "flex_attention"
     with pytest.raises(HoneError, match="flex_attention trains only on CUDA"):
         hardware.attention_choice(flex, "cpu")
+
+
+def test_padding_free_batches_where_hone_s_cpu_attention_trains_sft_or_pretraining() -> None:
+    auto = TrainConfig()
+    assert hardware.padding_free_choice(auto, "cpu", hardware.CPU_ATTENTION).value is True
+    assert hardware.padding_free_choice(auto, "cpu", "sdpa").value is False  # one dense mask over the row
+    assert hardware.padding_free_choice(auto, "cuda", "sdpa").value is False
+    assert hardware.padding_free_choice(TrainConfig(padding_free=True), "cuda", "sdpa").value is True
+    assert hardware.padding_free_choice(TrainConfig(padding_free=False), "cpu", "hone").value is False
+    assert hardware.padding_free_choice(TrainConfig(packing=True), "cpu", "hone").value is False
+    dpo = TrainConfig(method="dpo")
+    padded = hardware.Choice(False, "dpo batches are padded")
+    assert hardware.padding_free_choice(dpo, "cpu", "hone") == padded

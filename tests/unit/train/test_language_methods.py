@@ -215,6 +215,22 @@ def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
     assert spy.seen and all(seen == ("hone_cpu", lora_layers + fused) for seen in spy.seen)
     assert KernelSpy.kernels(spy.model) == ("sdpa", 0)  # as transformers and PEFT made it
     assert run.manifest["training"]["attention"] == "hone_cpu"
+    assert run.manifest["training"]["layout"] == "padding-free"
+
+
+def test_padding_free_and_padded_runs_count_the_same_trained_tokens(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    """A padding-free row has no padding to leave out: every position counts, also those whose token is the
+    pad token (end-of-turn for many tokenizers), as the padded run counts them through its attention mask."""
+    training = {}
+    for free in (True, False):
+        config = sft_lora(tmp_path / str(free), tiny_model_dir, small_task)
+        config.train.padding_free = free
+        training[free] = run_training(config, Console(quiet=True)).manifest["training"]
+    assert training[True]["layout"] == "padding-free" and training[False]["layout"] == "padded"
+    assert training[True]["trained_tokens"] == training[False]["trained_tokens"] > 0
+    assert training[True]["train_loss"] == pytest.approx(training[False]["train_loss"], rel=1e-3)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -235,6 +251,7 @@ def test_an_attention_kernel_named_in_the_config_is_the_one_that_trains(
     console = Console(record=True, width=160)
     run = run_training(config, console)
     assert run.manifest["training"]["attention"] == attention
+    assert run.manifest["training"]["layout"] == "padded"  # transformers' kernels would mask the whole row
     assert math.isfinite(run.manifest["training"]["train_loss"])
     fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0
     # the configured attention while training, hone's other CPU kernels still on
