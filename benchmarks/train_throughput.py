@@ -27,8 +27,10 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
   hone          `hone train` with configs/quickstart.yaml (these settings as overrides), through
                 hone.train.pipeline.run_training with tracking and in-loop validation off, so hone's own
                 choices: bf16 where it is fast (as trl-tuned; hone+fp32 forces fp32), no gradient
-                checkpointing, padded batches drawn at random as the TRL runs do (hone+grouped-batches
-                batches examples of similar length: train.group_by_length), assistant-only labels, the
+                checkpointing, batches drawn at random as the TRL runs do (hone+grouped-batches batches
+                examples of similar length: train.group_by_length), on CPU each batch in one row without
+                padding, attended per example (train.padding_free; hone+padded pads them), assistant-only
+                labels, the
                 LM head and its cross-entropy only on labelled positions in chunks (hone.train.loss), and
                 on CPU a cheaper LoRA dropout and each adapter added in place (hone.train.fast_lora),
                 grouped-head attention (hone.train.cpu_attention), the rotary embedding half by half

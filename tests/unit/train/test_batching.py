@@ -66,6 +66,7 @@ def train(tmp_path: Path, model: Path, grouped: bool) -> PaddingSpy:
                 "max_steps": 4,
                 "batch_size": 4,
                 "group_by_length": grouped,
+                "padding_free": False,  # padded batches, whose padding grouping saves
             },
             "run": {"name": f"grouped-{grouped}", "dir": str(tmp_path / "runs")},
             "track": {"enabled": False},
