@@ -106,6 +106,7 @@ class Segments:
     _last: tuple[Any, Segments] | None = None
 
     def __init__(self, starts: torch.Tensor, dtype: torch.dtype, window: int | None) -> None:
+        self.window = window  # layers of one model may differ (Qwen2's sliding and full layers)
         bounds = starts.tolist()
         lengths = [end - start for start, end in itertools.pairwise(bounds)]
         self.total, self.count, self.longest = bounds[-1], len(lengths), max(lengths)
@@ -127,11 +128,14 @@ class Segments:
         if starts is None or query.size(0) != 1 or starts.numel() < 3 or query.device.type != "cpu":
             return None
         last = cls._last
-        if last is not None and last[0] is starts and last[1].mask.dtype == query.dtype:
+        if last is not None and last[0] is starts and last[1].fits(query.dtype, window):
             return last[1]
         made = cls(starts, query.dtype, window)
         cls._last = (starts, made)
         return made
+
+    def fits(self, dtype: torch.dtype, window: int | None) -> bool:
+        return self.mask.dtype == dtype and self.window == window
 
     def padded(self, t: torch.Tensor) -> torch.Tensor:
         """(1, heads, total, dim) -> (examples, heads, longest, dim)."""

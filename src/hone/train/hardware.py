@@ -87,7 +87,7 @@ def padding_free_choice(train: TrainConfig, device: str, attention: str) -> Choi
     if train.padding_free != "auto":
         return Choice(bool(train.padding_free), "set in the config")
     if device == "cpu" and attention == CPU_ATTENTION:
-        return Choice(True, "CPU: hone's attention keeps each example apart; nothing is spent on padding")
+        return Choice(True, "CPU: hone's attention keeps each example apart, where the model family allows")
     return Choice(False, "transformers would mask the whole row densely; batches padded to their longest")
 
 

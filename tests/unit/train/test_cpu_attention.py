@@ -12,7 +12,7 @@ import torch
 from transformers.masking_utils import eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from hone.train.cpu_attention import NAME, cpu_attention, grouped_attention
+from hone.train.cpu_attention import NAME, Segments, cpu_attention, grouped_attention
 
 
 class Heads(torch.nn.Module):
@@ -96,6 +96,18 @@ def test_a_padding_free_row_attends_within_each_example_in_value_and_gradients(w
     torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
     for ours, theirs in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_layers_with_and_without_a_sliding_window_get_their_own_masks() -> None:
+    bounds = torch.tensor([0, 6, 10], dtype=torch.int32)
+    query = torch.zeros(1, 2, 10, 4)
+    windowed = Segments.of(bounds, query, 2)
+    full = Segments.of(bounds, query, None)
+    assert windowed is not None and full is not None
+    assert (windowed.window, full.window) == (2, None)
+    assert int((full.mask == 0).sum()) > int((windowed.mask == 0).sum())
+    assert Segments.of(bounds, query, None) is full  # the next layer of the same kind reuses it
+    assert Segments.of(torch.tensor([0, 10], dtype=torch.int32), query, None) is None  # one example
 
 
 def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_model_dir: Path) -> None:
