@@ -30,11 +30,11 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 checkpointing, batches drawn at random as the TRL runs do (hone+grouped-batches batches
                 examples of similar length: train.group_by_length), on CPU each batch in one row without
                 padding, attended per example (train.padding_free; hone+padded pads them), assistant-only
-                labels, the
-                LM head and its cross-entropy only on labelled positions in chunks (hone.train.loss), and
-                on CPU a cheaper LoRA dropout and each adapter added in place (hone.train.fast_lora),
-                grouped-head attention (hone.train.cpu_attention), the rotary embedding half by half
-                (hone.train.rotary) and compiled RMSNorm/SwiGLU (hone.train.compiled_ops).
+                labels, the LM head and its cross-entropy only on labelled positions in chunks
+                (hone.train.loss), and on CPU a cheaper LoRA dropout and each adapter added in place
+                (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
+                embedding half by half (hone.train.rotary) and compiled RMSNorm/SwiGLU
+                (hone.train.compiled_ops).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's
 peak on GPU), in rounds ordered a,b,c then c,b,a, so drift in the machine's load hits all alike; the median

@@ -103,10 +103,11 @@ class Segments:
     dim) and its output back into the row's layout. Made once per forward pass and reused by every layer
     (the boundaries are the same tensor for all of them)."""
 
-    _last: tuple[Any, Segments] | None = None
+    # The boundaries of the current forward pass, and a layout per (dtype, sliding window) of its layers.
+    _cache: tuple[Any, dict[tuple[torch.dtype, int | None], Segments]] | None = None
 
     def __init__(self, starts: torch.Tensor, dtype: torch.dtype, window: int | None) -> None:
-        self.window = window  # layers of one model may differ (Qwen2's sliding and full layers)
+        self.window = window  # the layers this mask is for (Qwen2 mixes sliding and full ones)
         bounds = starts.tolist()
         lengths = [end - start for start, end in itertools.pairwise(bounds)]
         self.total, self.count, self.longest = bounds[-1], len(lengths), max(lengths)
@@ -127,15 +128,12 @@ class Segments:
         """The layout for a padding-free batch of several examples, or None for anything else."""
         if starts is None or query.size(0) != 1 or starts.numel() < 3 or query.device.type != "cpu":
             return None
-        last = cls._last
-        if last is not None and last[0] is starts and last[1].fits(query.dtype, window):
-            return last[1]
-        made = cls(starts, query.dtype, window)
-        cls._last = (starts, made)
-        return made
-
-    def fits(self, dtype: torch.dtype, window: int | None) -> bool:
-        return self.mask.dtype == dtype and self.window == window
+        if cls._cache is None or cls._cache[0] is not starts:
+            cls._cache = (starts, {})
+        layouts, key = cls._cache[1], (query.dtype, window)
+        if key not in layouts:
+            layouts[key] = cls(starts, query.dtype, window)
+        return layouts[key]
 
     def padded(self, t: torch.Tensor) -> torch.Tensor:
         """(1, heads, total, dim) -> (examples, heads, longest, dim)."""

@@ -107,6 +107,7 @@ def test_layers_with_and_without_a_sliding_window_get_their_own_masks() -> None:
     assert (windowed.window, full.window) == (2, None)
     assert int((full.mask == 0).sum()) > int((windowed.mask == 0).sum())
     assert Segments.of(bounds, query, None) is full  # the next layer of the same kind reuses it
+    assert Segments.of(bounds, query, 2) is windowed  # also across interleaved kinds
     assert Segments.of(torch.tensor([0, 10], dtype=torch.int32), query, None) is None  # one example
 
 
@@ -123,7 +124,7 @@ def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_m
         ids = torch.randint(3, 1000, (length,), generator=generator).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2 :]})
     results = []
-    module.Segments._last = None
+    module.Segments._cache = None
     for free in (False, True):
         batch = DataCollatorForLanguageModeling(0, padding_free=free)(rows)
         labels = batch.pop("labels")
@@ -133,7 +134,7 @@ def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_m
         total.backward()
         results.append((total.detach(), int(count), [p.grad.clone() for p in model.parameters()]))
     (padded, padded_count, padded_grads), (free, free_count, free_grads) = results
-    layout = module.Segments._last[1]  # the padding-free row went through the per-example layout
+    (layout,) = module.Segments._cache[1].values()  # the padding-free row went through the layout
     assert (layout.count, layout.longest, layout.total) == (4, 16, 41)
     assert free_count == padded_count == sum(n - n // 2 for n in (9, 16, 4, 12))
     torch.testing.assert_close(free, padded, atol=1e-4, rtol=1e-5)
