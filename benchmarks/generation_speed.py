@@ -13,7 +13,7 @@ with their final assistant message dropped, each answered with at most --max-new
              batches carry little padding, left padding, KV cache), on hone.models.resolve.load_model(path,
              dtype=torch.float32).
   hone+bf16  the same with bf16 weights and compute; run only where the CPU has native bf16 (AMX or
-             AVX512-BF16, hone.train.hardware.cpu_bf16_native); emulated bf16 is ~15x slower than fp32.
+             AVX512-BF16, hone.hardware.cpu_bf16_native); emulated bf16 is ~15x slower than fp32.
   llama.cpp  llama-cpp-python (skipped with a note when not installed) on the GGUF the default model ships
              as (the Q4_1 file of the smollm2-135m-instruct alias; --gguf runs another, e.g. an f16 one):
              Llama(n_ctx=1024, n_threads=n_threads_batch=--threads, n_batch=512, seed=0), fed the prompt
@@ -191,7 +191,7 @@ def llama_generator(gguf: Path, model_path: Path, max_new_tokens: int, threads: 
 
 def available_configs(requested: Sequence[str], gguf: Path | None) -> tuple[list[str], list[str]]:
     """The requested configurations this machine can run, and a note for each one it cannot."""
-    from hone.train.hardware import cpu_bf16_native
+    from hone.hardware import cpu_bf16_native
 
     runnable, notes = [], []
     for name in requested:
@@ -304,7 +304,7 @@ def markdown(medians: dict[str, dict[str, Any]], ratios: dict[str, dict[str, flo
 def machine(configs: Sequence[str]) -> dict[str, Any]:
     import transformers
 
-    from hone.train.hardware import cpu_bf16_native, cpu_name
+    from hone.hardware import cpu_bf16_native, cpu_name
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     if "llama.cpp" in configs:

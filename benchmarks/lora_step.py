@@ -51,12 +51,12 @@ from torch import nn
 
 from hone.data.load import load_split
 from hone.data.tokenize import IGNORE_INDEX, tokenize_chat
+from hone.hardware import cpu_bf16_native
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.models.templates import training_chat_template
 from hone.train.compiled_ops import compiled_layers
 from hone.train.cpu_attention import cpu_attention
 from hone.train.fast_lora import FastDropout, fused_lora, use_fast_dropout
-from hone.train.hardware import cpu_bf16_native
 from hone.train.loss import label_span, shifted_targets, sum_cross_entropy
 from hone.train.rotary import fused_rotary
 from hone.train.trainer import labelled_loss

@@ -69,7 +69,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, TrainerCallback
 
-from hone.train.hardware import cpu_bf16_native
+from hone.hardware import cpu_bf16_native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's modules, also when imported
 from model_shapes import SHAPES, peak_flops, training_flops, write_random_model
@@ -371,7 +371,7 @@ def run_hone(spec: dict[str, Any], overrides: list[str], meter: StepMeter) -> No
     finally:
         hone.train.sft.callbacks = original  # type: ignore[assignment]
     meter.effective.update(
-        layout=run.manifest["training"]["layout"],
+        layout=run.manifest.training.layout,
         assistant_only_loss=True,
         max_length=MAX_LENGTH,
     )
@@ -510,7 +510,7 @@ def machine(on: str) -> dict[str, Any]:
     import transformers
     import trl
 
-    from hone.train.hardware import cpu_name
+    from hone.hardware import cpu_name
 
     return {
         "platform": platform.platform(),

@@ -232,7 +232,9 @@ def evaluate(
     shown = errors if as_json else console
     run, ladder = run_evaluation(load_config(config, overrides), list(candidate or []), shown)
     if as_json:
-        print(json.dumps(ladder, indent=2))
+        from hone.contract import to_json
+
+        print(json.dumps(to_json(ladder), indent=2))
         return
     show_ladder(ladder, console)
     console.print(f"Report: {run.path / 'report.html'}")
@@ -262,8 +264,9 @@ def export(
     parity: Annotated[bool, typer.Option(" /--no-parity", help="Skip the GGUF parity check.")] = True,
 ) -> None:
     """Merge the adapter into its base and/or write a GGUF; the GGUF is checked against the merged model."""
-    from hone.train.export import merge as merge_run
-    from hone.train.export import parity_check, parity_table, to_gguf
+    from hone.export.gguf import to_gguf
+    from hone.export.merge import merge as merge_run
+    from hone.export.parity import parity_check, parity_table
 
     if not (merge or gguf):
         raise HoneError("hone export: choose what to write: --merge, --gguf, or both")

@@ -94,7 +94,7 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
         return gpu_hardware(name, mfu, price_per_hour)
     import torch
 
-    from hone.train.hardware import cpu_bf16_native
+    from hone.hardware import cpu_bf16_native
 
     # Measured in the precision hone trains in here: bf16 on CPUs with AMX or AVX512-BF16.
     precision = "bf16" if cpu_bf16_native() else "fp32"

@@ -1,18 +1,21 @@
 """The main job end to end: check the data, fine-tune, and run the decision ladder on the held-out split.
 
-`hone train` makes the run folder and trains; the ladder then scores the base model zero-shot, few-shot
-and with RAG next to the fine-tuned run, on the same test examples, and recommends the cheapest rung
-that meets the bar. Everything lands in the one run folder: weights, history, ladder.json, report.html.
+`hone train` makes the training run folder and trains; the ladder then scores the base model zero-shot,
+few-shot and with RAG next to the fine-tuned run, on the same test examples, and recommends the cheapest
+rung that meets the bar. The ladder is an evaluation run of its own (`<run>-ladder/`, as `hone evaluate`
+would write it); the training run's manifest links to it and carries its headline figures, so the
+training run folder is only ever written by training and by this one manifest update.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
 
 from rich.console import Console
 
 from hone.config import HoneConfig
+from hone.contract import EvaluationLink, Ladder, LadderRung
 from hone.errors import HoneError
 from hone.evaluate.ladder import prepare, run_ladder
 from hone.evaluate.summary import show_ladder
@@ -21,42 +24,55 @@ from hone.track import track_completed
 from hone.train.pipeline import run_training
 
 
-def run_quickstart(config: HoneConfig, console: Console) -> RunFolder:
+def run_quickstart(config: HoneConfig, console: Console) -> tuple[RunFolder, RunFolder]:
+    """(the training run, its evaluation run)."""
     began = time.perf_counter()
     if config.data.test is None:
         raise HoneError("data.test: the quickstart needs a held-out test split to compare the rungs on")
     inputs = prepare(config, [])  # the evaluation's inputs are checked before any training time is spent
     run = run_training(config, console, track=False)
+    evaluation = RunFolder.create(config, "evaluation", name=f"{run.path.name}-ladder")
+    link = os.path.relpath(evaluation.path, run.path)
     try:
         inputs.candidates.append(open_language_model_run(run.path, "are evaluated"))
-        ladder = run_ladder(inputs, run, console)
+        evaluation.update(evaluates=os.path.relpath(run.path, evaluation.path))
+        ladder = run_ladder(inputs, evaluation, console)
     except BaseException as exc:
-        run.update(evaluation={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        error = f"{type(exc).__name__}: {exc}"
+        evaluation.finish("failed", error=error)
+        run.update(evaluation=EvaluationLink(status="failed", run=link, error=error))
         raise
-    tuned = next(rung for rung in ladder["rungs"] if rung["kind"] == "fine-tuned")
-    run.update(metrics=headline(tuned), evaluation=evaluation_record(ladder))
+    evaluation.update(
+        candidates=[str(run.path)],
+        metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
+        recommendation=ladder.recommendation,
+    )
+    evaluation.finish("completed")
+    tuned = next(rung for rung in ladder.rungs if rung.kind == "fine-tuned")
+    run.update(metrics=headline(tuned), evaluation=evaluation_link(ladder, link))
     if config.track.enabled:
         track_completed(run, config, console)
+        track_completed(evaluation, config, console)
     show_ladder(ladder, console)
     minutes = (time.perf_counter() - began) / 60
-    console.print(f"[bold green]Done[/] in {minutes:.1f} min. Report: {run.path / 'report.html'}")
-    return run
+    console.print(f"[bold green]Done[/] in {minutes:.1f} min. Report: {evaluation.path / 'report.html'}")
+    return run, evaluation
 
 
-def headline(rung: dict[str, Any]) -> dict[str, float]:
+def headline(rung: LadderRung) -> dict[str, float]:
     """The figures the registry and promotion gates compare: flat, numeric."""
-    flat = {name: scores["value"] for name, scores in rung["metrics"].items()}
-    if rung.get("general"):
-        flat["general_probe_accuracy"] = rung["general"]["probe_accuracy"]
-        flat["general_perplexity"] = rung["general"]["perplexity"]
+    flat = {name: scores.value for name, scores in rung.metrics.items()}
+    if rung.general:
+        flat["general_probe_accuracy"] = rung.general.probe_accuracy
+        flat["general_perplexity"] = rung.general.perplexity
     return flat
 
 
-def evaluation_record(ladder: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "status": "completed",
-        "ladder": "ladder.json",
-        "primary_metric": ladder["primary_metric"],
-        "baseline": ladder["baseline"],
-        "recommendation": ladder["recommendation"],
-    }
+def evaluation_link(ladder: Ladder, link: str) -> EvaluationLink:
+    return EvaluationLink(
+        status="completed",
+        run=link,
+        primary_metric=ladder.primary_metric,
+        baseline=ladder.baseline,
+        recommendation=ladder.recommendation,
+    )

@@ -26,21 +26,28 @@ always true to what is on disk.
 
 from __future__ import annotations
 
-import json
-import platform
+import logging
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 import hone
+from hone import contract
 from hone.config import HoneConfig, dump_config
+from hone.contract import BaseModelRef, CodeVersion, Hardware, Manifest, RunKind, RunStatus
 from hone.errors import HoneError
-from hone.io import atomic_write_json, atomic_write_text
+from hone.hardware import machine
+from hone.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+METRICS = "metrics.json"
+LADDER = "ladder.json"
 
 
 def now() -> str:
@@ -69,28 +76,7 @@ def code_version() -> dict[str, Any]:
     return version
 
 
-def hardware() -> dict[str, Any]:
-    """The machine a run ran on: enough to compare its speed with another run's."""
-    import torch
-
-    from hone.train.hardware import cpu_bf16_native, cpu_name
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu_name(),
-        "cpu_bf16": cpu_bf16_native(),  # AMX, AVX512-BF16 or None (bf16 emulated): decides CPU precision
-        "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-    return info
-
-
-def default_run_name(config: HoneConfig, kind: str = "training") -> str:
+def default_run_name(config: HoneConfig, kind: RunKind = "training") -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if kind == "evaluation":
         return f"evaluate-{stamp}"
@@ -102,33 +88,32 @@ class RunFolder:
     path: Path
 
     @classmethod
-    def create(cls, config: HoneConfig, kind: str = "training") -> RunFolder:
+    def create(cls, config: HoneConfig, kind: RunKind = "training", name: str | None = None) -> RunFolder:
         """Make the folder, write the resolved config and a `running` manifest. Refuses to overwrite a run.
 
         `kind` is `training` (a model was trained: method, adapter, weights) or `evaluation` (a ladder of
-        existing models was evaluated: ladder.json, report.html).
+        existing models was evaluated: ladder.json, report.html). `name` overrides `run.name`.
         """
-        name = config.run.name or default_run_name(config, kind)
+        name = name or config.run.name or default_run_name(config, kind)
         path = config.run.dir / name
         if path.exists():
             raise HoneError(f"{path}: run folder already exists; choose another run.name")
         path.mkdir(parents=True)
         run = cls(path)
         atomic_write_text(path / "config.yaml", dump_config(config))
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "name": name,
-            "kind": kind,
-            "status": "running",
-            "created_at": now(),
-            "code_version": code_version(),
-            "hardware": hardware(),
-            "base_model": {"reference": config.model.reference},
-            "artifacts": {"config": "config.yaml"},
-        }
+        manifest = Manifest(
+            name=name,
+            kind=kind,
+            status="running",
+            created_at=now(),
+            code_version=CodeVersion(**code_version()),
+            hardware=Hardware(**machine()),
+            base_model=BaseModelRef(reference=config.model.reference),
+            artifacts={"config": "config.yaml"},
+        )
         if kind == "training":
-            manifest.update(method=config.train.method, adapter=config.train.adapter.kind)
-        atomic_write_json(path / MANIFEST, manifest)
+            manifest.method, manifest.adapter = config.train.method, config.train.adapter.kind
+        contract.write(manifest, path / MANIFEST)
         return run
 
     @classmethod
@@ -138,24 +123,30 @@ class RunFolder:
         return cls(path)
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+    def manifest(self) -> Manifest:
+        return contract.read(Manifest, self.path / MANIFEST)
 
-    def update(self, **fields: Any) -> dict[str, Any]:
-        """Merge top-level fields into the manifest (dicts are merged one level deep) and rewrite it."""
-        manifest = self.manifest
+    def update(self, **fields: Any) -> Manifest:
+        """Merge top-level fields into the manifest (dicts are merged one level deep), validate, rewrite.
+
+        Values may be contract records or plain JSON values; the result must still be a valid Manifest.
+        """
+        current = contract.to_json(self.manifest)
         for key, value in fields.items():
-            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-                manifest[key] = {**manifest[key], **value}
+            if isinstance(value, BaseModel):
+                value = contract.to_json(value)
+            if isinstance(value, dict) and isinstance(current.get(key), dict):
+                current[key] = {**current[key], **value}
             else:
-                manifest[key] = value
-        atomic_write_json(self.path / MANIFEST, manifest)
+                current[key] = value
+        manifest = contract.parse(Manifest, current, self.path / MANIFEST)
+        contract.write(manifest, self.path / MANIFEST)
         return manifest
 
     def add_artifact(self, name: str, relative_path: str) -> None:
         self.update(artifacts={name: relative_path})
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         fields: dict[str, Any] = {"status": status, "finished_at": now()}
         if error:
             fields["error"] = error
@@ -173,7 +164,18 @@ class FinishedRun:
     config: HoneConfig
     base: Path  # the base model's Hugging Face folder
     weights: Path  # adapter/ or model/
-    manifest: dict[str, Any]
+    manifest: Manifest
+
+    @property
+    def training_precision(self) -> str:
+        """The precision the run trained at, as training recorded it (else as config and hardware imply)."""
+        training = self.manifest.training
+        chosen = training.precision if training else self.config.train.precision
+        if chosen == "auto":
+            hardware = self.manifest.hardware
+            chosen = "bf16" if hardware.cuda else "fp32"  # auto picks bf16 on every GPU that has it
+            logger.info("run precision was auto on %s: assuming %s", hardware.gpu or "CPU", chosen)
+        return chosen
 
 
 def open_finished_run(run_path: Path, use: str) -> FinishedRun:
@@ -185,19 +187,20 @@ def open_finished_run(run_path: Path, use: str) -> FinishedRun:
     from hone.models.resolve import resolve_model
 
     manifest = RunFolder.open(run_path).manifest
-    if manifest.get("status") != "completed":
-        raise HoneError(f"{run_path}: run status is {manifest.get('status')!r}; only completed runs {use}")
-    weights = run_path / str((manifest.get("artifacts") or {}).get("weights", ""))
+    if manifest.status != "completed":
+        raise HoneError(f"{run_path}: run status is {manifest.status!r}; only completed runs {use}")
+    if manifest.kind != "training" or manifest.method is None or manifest.adapter is None:
+        raise HoneError(f"{run_path}: a {manifest.kind} run holds no trained model; only training runs {use}")
+    weights = run_path / manifest.artifacts.get("weights", "")
     if not (weights / "config.json").is_file() and not (weights / "adapter_config.json").is_file():
         raise HoneError(f"{weights}: the run's weights are missing (expected an adapter/ or model/ folder)")
-    base = manifest.get("base_model") or {}
-    recorded = Path(base["path"]) if base.get("path") else None
-    base_path = recorded if recorded and recorded.is_dir() else resolve_model(base["reference"])
+    recorded = Path(manifest.base_model.path) if manifest.base_model.path else None
+    base_path = recorded if recorded and recorded.is_dir() else resolve_model(manifest.base_model.reference)
     return FinishedRun(
         path=run_path,
-        name=str(manifest.get("name") or run_path.name),
-        method=str(manifest.get("method")),
-        kind=str(manifest.get("adapter")),
+        name=manifest.name or run_path.name,
+        method=manifest.method,
+        kind=manifest.adapter,
         config=load_config(run_path / "config.yaml"),
         base=base_path,
         weights=weights,

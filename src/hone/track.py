@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from hone.runs import RunFolder
+from hone import contract
+from hone.contract import CodeVersion, Manifest, TrainingMetrics
+from hone.runs import METRICS, RunFolder
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -39,7 +41,7 @@ PARAM_VALUE_LIMIT = 500  # the smallest limit any MLflow server enforces (newer 
 KEY_LIMIT = 250  # MLflow's limit on param and metric key length
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
 METRICS_PER_BATCH = 1000
-FILES = ("manifest.json", "config.yaml", "metrics.json", "history.jsonl")
+FILES = ("manifest.json", "config.yaml", METRICS, "history.jsonl", "ladder.json", "report.html")
 WEIGHT_FOLDERS = ("adapter", "model")
 # MLflow's portable key characters (it also allows ':' except on Windows, so a store stays readable there)
 NOT_IN_KEY = re.compile(r"[^\w.\- /]")
@@ -98,17 +100,17 @@ def param_value(value: Any) -> str:
     return text[:PARAM_VALUE_LIMIT]
 
 
-def code_version_text(version: dict[str, Any]) -> str:
+def code_version_text(version: CodeVersion) -> str:
     """One searchable string: `0.1.0@<commit>`, `+dirty` when the checkout had uncommitted changes."""
-    text = str(version.get("hone", "unknown"))
-    if version.get("git_commit"):
-        text += f"@{version['git_commit']}"
-        if version.get("git_dirty"):
+    text = version.hone
+    if version.git_commit:
+        text += f"@{version.git_commit}"
+        if version.git_dirty:
             text += "+dirty"
     return text
 
 
-def run_params(run: RunFolder, manifest: dict[str, Any]) -> list[Param]:
+def run_params(run: RunFolder, manifest: Manifest) -> list[Param]:
     """The resolved config as dotted params, plus the lineage (data, base model, code) from the manifest."""
     from mlflow.entities import Param
 
@@ -116,23 +118,24 @@ def run_params(run: RunFolder, manifest: dict[str, Any]) -> list[Param]:
     raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
     params = flatten(raw or {})
     lineage = {
-        "dataset_hash": (manifest.get("dataset") or {}).get("hash"),
-        "base_model": (manifest.get("base_model") or {}).get("reference"),
-        "code_version": code_version_text(manifest["code_version"]) if manifest.get("code_version") else None,
+        "dataset_hash": manifest.dataset.hash if manifest.dataset else None,
+        "base_model": manifest.base_model.reference,
+        "code_version": code_version_text(manifest.code_version),
     }
     params.update({key: value for key, value in lineage.items() if value is not None})
     values = {mlflow_key(key): param_value(value) for key, value in params.items()}
     return [Param(key, value) for key, value in sorted(values.items())]
 
 
-def run_tags(manifest: dict[str, Any]) -> dict[str, str]:
+def run_tags(manifest: Manifest) -> dict[str, str]:
     """Tags to filter runs by in the UI; the git commit also fills MLflow's own source column."""
     tags = {
-        "hone.run_name": manifest.get("name"),
-        "hone.status": manifest.get("status"),
-        "hone.method": manifest.get("method"),
-        "hone.adapter": manifest.get("adapter"),
-        "mlflow.source.git.commit": (manifest.get("code_version") or {}).get("git_commit"),
+        "hone.run_name": manifest.name,
+        "hone.kind": manifest.kind,
+        "hone.status": manifest.status,
+        "hone.method": manifest.method,
+        "hone.adapter": manifest.adapter,
+        "mlflow.source.git.commit": manifest.code_version.git_commit,
     }
     return {key: str(value) for key, value in tags.items() if value is not None}
 
@@ -160,11 +163,14 @@ def run_metrics(run: RunFolder) -> list[Metric]:
             for name, value in row.items():
                 if name != "step" and is_number(value):
                     points[mlflow_key(name), step] = float(value)
-    scores = run.path / "metrics.json"
+    scores = run.path / METRICS
     if scores.is_file():
-        for name, value in flatten(json.loads(scores.read_text(encoding="utf-8"))).items():
+        summary = contract.to_json(contract.read(TrainingMetrics, scores))
+        for name, value in flatten({"training": summary["training"]}).items():
             if is_number(value):
                 points[mlflow_key(name), 0] = float(value)
+    for name, value in run.manifest.metrics.items():  # the evaluation's headline figures
+        points[mlflow_key(name), 0] = float(value)
     stamp = int(time.time() * 1000)
     return [Metric(key, value, stamp, step) for (key, step), value in points.items()]
 
@@ -197,12 +203,12 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return found.experiment_id
 
 
-def log_artifacts(client: MlflowClient, run_id: str, run: RunFolder, manifest: dict[str, Any]) -> None:
+def log_artifacts(client: MlflowClient, run_id: str, run: RunFolder, manifest: Manifest) -> None:
     """The run's record files and its weights folder, each only when present."""
     for name in FILES:
         if (run.path / name).is_file():
             client.log_artifact(run_id, str(run.path / name))
-    declared = (manifest.get("artifacts") or {}).get("weights")
+    declared = manifest.artifacts.get("weights")
     for folder in ([declared] if declared else []) + list(WEIGHT_FOLDERS):
         if (run.path / folder).is_dir():
             client.log_artifacts(run_id, str(run.path / folder), artifact_path=Path(folder).name)
@@ -235,8 +241,8 @@ def log_run(run_path: Path, tracking_uri: str | None = None, experiment: str = "
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    if manifest.get("status") in MLFLOW_STATUS:
-        client.set_terminated(run_id, status=MLFLOW_STATUS[manifest["status"]])
+    if manifest.status in MLFLOW_STATUS:
+        client.set_terminated(run_id, status=MLFLOW_STATUS[manifest.status])
     run.update(tracking={"uri": uri, "experiment": experiment, "run_id": run_id})
     return run_id
 

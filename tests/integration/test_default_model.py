@@ -79,12 +79,14 @@ def test_sft_on_the_real_model_learns(adapter: str, tmp_path) -> None:
         f"run.dir={tmp_path}",
         f"run.name={adapter}",
     ]
-    run = run_quickstart(load_config("configs/quickstart.yaml", overrides), Console(record=True, width=160))
+    run, evaluation = run_quickstart(
+        load_config("configs/quickstart.yaml", overrides), Console(record=True, width=160)
+    )
     rows = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in rows if "loss" in row]
     assert len(losses) == 6
     assert losses[-1] < 0.7 * losses[0], losses
-    ladder = json.loads((run.path / "ladder.json").read_text())
+    ladder = json.loads((evaluation.path / "ladder.json").read_text())
     if adapter == "lora":
         assert [rung["name"] for rung in ladder["rungs"]] == ["zero-shot", "few-shot", "rag", adapter]
         assert all(rung["general"]["perplexity"] > 1 for rung in ladder["rungs"])

@@ -52,11 +52,11 @@ def test_lora_sft_trains_on_the_gpu_with_each_attention_kernel(
     tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], options: dict[str, object], kernel: str
 ) -> None:
     run = run_training(lora_config(tmp_path, tiny_model_dir, small_task, **options), Console(width=160))
-    training = run.manifest["training"]
-    assert run.manifest["status"] == "completed"
-    assert training["attention"] == kernel
-    assert training["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
+    training = run.manifest.training
+    assert run.manifest.status == "completed"
+    assert training.attention == kernel
+    assert training.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert math.isfinite(training.train_loss) and math.isfinite(training.eval_loss)
 
 
 def test_a_trained_run_is_evaluated_on_the_gpu(

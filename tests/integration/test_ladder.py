@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hone import contract
 from hone.config import HoneConfig, load_config
+from hone.contract import Ladder
 from hone.evaluate import baselines
 from hone.evaluate.generate import generate_chat
 from hone.evaluate.ladder import prepare, run_ladder
@@ -103,7 +105,8 @@ run: {{dir: {tmp_path / "runs"}}}
     )
     config, trained, evaluation = trained_run_and_evaluation_folder(config_file)
     console = Console(record=True, width=200)
-    ladder = run_ladder(prepare(config, [trained.path]), evaluation, console)
+    result = run_ladder(prepare(config, [trained.path]), evaluation, console)
+    ladder = result.model_dump(mode="json")
 
     names = [rung["name"] for rung in ladder["rungs"]]
     assert names == ["zero-shot", "few-shot", "rag", trained.path.name, "hosted"]
@@ -127,7 +130,7 @@ run: {{dir: {tmp_path / "runs"}}}
     for rung in (zero, few, rag, tuned):
         figures = rung["reference_loss"]
         assert figures["loss"] > 0 and figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
-    assert "reference_loss" not in hosted
+    assert hosted["reference_loss"] is None
     # a local lm-evaluation-harness task, offline, before and after
     assert 0 <= tuned["general"]["lm_eval"]["hone_tiny_choice"]["acc"] <= 1
     assert zero["general"]["delta_lm_eval"]["hone_tiny_choice"]["acc"] == 0
@@ -156,10 +159,10 @@ run: {{dir: {tmp_path / "runs"}}}
     if ladder["recommendation"]["rung"] is not None:
         assert ladder["recommendation"]["rung"] in names
 
-    assert json.loads((evaluation.path / "ladder.json").read_text()) == ladder
+    assert contract.read(Ladder, evaluation.path / "ladder.json") == result
     html = (evaluation.path / "report.html").read_text()
     assert 'data-chart="metric"' in html and trained.path.name in html
-    artifacts = evaluation.manifest["artifacts"]
+    artifacts = evaluation.manifest.artifacts
     assert artifacts["ladder"] == "ladder.json" and artifacts["report"] == "report.html"
 
 
@@ -196,8 +199,8 @@ run: {{dir: {tmp_path / "runs"}}}
     ladder = run_ladder(prepare(config, [trained.path]), evaluation, Console(width=160))
 
     assert dtypes == {"zero-shot": torch.bfloat16, trained.path.name: torch.bfloat16}
-    assert ladder["precision"] == "bfloat16"
-    assert devices == {ladder["device"]} == {"cuda" if torch.cuda.is_available() else "cpu"}
+    assert ladder.precision == "bfloat16"
+    assert devices == {ladder.device} == {"cuda" if torch.cuda.is_available() else "cpu"}
     # the zero-shot answers are the base model's own in bf16
     prompts = baselines.zero_shot(prepare(config, []).test).prompts
     model = load_model(tiny_model_dir, dtype=torch.bfloat16)

@@ -12,7 +12,9 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
+from hone import contract
 from hone.config import load_config
+from hone.contract import Ladder, TrainingMetrics
 from hone.quickstart import run_quickstart
 
 
@@ -44,18 +46,18 @@ run: {{name: tiny, dir: {tmp_path / "runs"}}}
 
 def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -> None:
     console = Console(record=True, width=160)
-    run = run_quickstart(load_config(tiny_config), console)
+    run, evaluation = run_quickstart(load_config(tiny_config), console)
 
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    for relative in manifest["artifacts"].values():
+    assert manifest.status == "completed"
+    for relative in manifest.artifacts.values():
         assert (run.path / relative).exists(), relative
-    assert manifest["artifacts"]["weights"] == "adapter"
-    assert len(manifest["dataset"]["hash"]) == 64
-    assert manifest["dataset"]["splits"]["test"]["examples"] == 6
-    assert manifest["code_version"]["hone"]
-    assert manifest["tracking"]["run_id"], "the run was logged to MLflow"
-    assert set(manifest["metrics"]) >= {"json_valid", "schema_valid", "exact_match", "category_accuracy"}
+    assert manifest.artifacts["weights"] == "adapter"
+    assert len(manifest.dataset.hash) == 64
+    assert manifest.dataset.splits["test"].examples == 6
+    assert manifest.code_version.hone
+    assert manifest.tracking.run_id, "the run was logged to MLflow"
+    assert set(manifest.metrics) >= {"json_valid", "schema_valid", "exact_match", "category_accuracy"}
 
     adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
     lora_b = {name: tensor for name, tensor in adapter.items() if "lora_B" in name}
@@ -68,20 +70,33 @@ def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
     assert any("eval_loss" in row for row in history)
 
-    metrics = json.loads((run.path / "metrics.json").read_text())
-    assert metrics["training"]["steps"] == 4
-    assert metrics["training"]["trained_tokens"] > 0
-    ladder = json.loads((run.path / "ladder.json").read_text())
-    # no knowledge base configured: the default ladder is zero-shot, few-shot and the run itself
-    assert [rung["name"] for rung in ladder["rungs"]] == ["zero-shot", "few-shot", "tiny"]
-    assert manifest["evaluation"]["recommendation"] == ladder["recommendation"]
-    assert manifest["metrics"]["exact_match"] == ladder["rungs"][2]["metrics"]["exact_match"]["value"]
-    for label in ("zero-shot", "few-shot", "tiny"):
-        rows = [json.loads(line) for line in (run.path / "eval" / f"{label}.jsonl").read_text().splitlines()]
-        assert len(rows) == 6 and all("output" in row and "reference" in row for row in rows)
-    assert (run.path / "report.html").is_file()
+    metrics = contract.read(TrainingMetrics, run.path / "metrics.json")
+    assert metrics.training.steps == 4
+    assert metrics.training.trained_tokens > 0
+    assert metrics.training == manifest.training
 
-    assert "config.yaml" in manifest["artifacts"].values()
+    # the ladder is an evaluation run of its own, linked both ways; the training folder holds no ladder
+    assert not (run.path / "ladder.json").exists() and not (run.path / "eval").exists()
+    assert manifest.evaluation.status == "completed"
+    assert (run.path / manifest.evaluation.run).resolve() == evaluation.path.resolve()
+    judged = evaluation.manifest
+    assert judged.kind == "evaluation" and judged.status == "completed"
+    assert (evaluation.path / judged.evaluates).resolve() == run.path.resolve()
+    ladder = contract.read(Ladder, evaluation.path / "ladder.json")
+    # no knowledge base configured: the default ladder is zero-shot, few-shot and the run itself
+    assert [rung.name for rung in ladder.rungs] == ["zero-shot", "few-shot", "tiny"]
+    assert manifest.evaluation.recommendation == ladder.recommendation == judged.recommendation
+    assert manifest.metrics["exact_match"] == ladder.rung("tiny").value("exact_match")
+    for label in ("zero-shot", "few-shot", "tiny"):
+        rows = [
+            json.loads(line)
+            for line in (evaluation.path / "eval" / f"{label}.jsonl").read_text().splitlines()
+        ]
+        assert len(rows) == 6 and all("output" in row and "reference" in row for row in rows)
+    assert (evaluation.path / "report.html").is_file()
+    assert judged.tracking is not None and judged.tracking.run_id != manifest.tracking.run_id
+
+    assert "config.yaml" in manifest.artifacts.values()
     assert "max_steps: 4" in (run.path / "config.yaml").read_text()
     shown = console.export_text()
     assert "The ladder on 6 test examples" in shown and "Recommendation:" in shown
@@ -108,10 +123,10 @@ run: {{name: packed, dir: {tmp_path / "runs"}}}
 """,
         encoding="utf-8",
     )
-    run = run_quickstart(load_config(config), Console(record=True, width=160))
+    run, _ = run_quickstart(load_config(config), Console(record=True, width=160))
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["dataset"]["hash"] == version, "the run records the dataset version it trained on"
+    assert manifest.status == "completed"
+    assert manifest.dataset.hash == version, "the run records the dataset version it trained on"
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history if "loss" in row] == [1, 2, 3]
     assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
@@ -124,10 +139,10 @@ def test_other_adapters_train(adapter: str, tiny_config: Path, tiny_model_dir: P
     config = load_config(
         tiny_config, [f"train.adapter={adapter}", f"run.name={adapter}", "train.max_steps=2"]
     )
-    run = run_quickstart(config, Console(record=True, width=160))
-    assert run.manifest["status"] == "completed"
-    assert run.manifest["adapter"] == adapter
-    weights = run.path / run.manifest["artifacts"]["weights"]
+    run, _ = run_quickstart(config, Console(record=True, width=160))
+    assert run.manifest.status == "completed"
+    assert run.manifest.adapter == adapter
+    weights = run.path / run.manifest.artifacts["weights"]
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
     if adapter == "qlora":

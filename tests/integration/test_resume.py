@@ -157,14 +157,14 @@ def test_early_stopping_keeps_the_best_checkpoint(resume_config: Path, tmp_path:
         ],
     )
     run = run_training(config, Console(record=True))
-    training = run.manifest["training"]
+    training = run.manifest.training
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     evals = {row["step"]: row["eval_loss"] for row in history if "eval_loss" in row}
     best = min(evals, key=evals.get)
-    assert training["steps"] < 16, "stopped early"
-    assert training["steps"] == best + 2 * 2, "after two validations without improvement"
-    assert training["best_step"] == best
-    assert training["eval_loss"] == pytest.approx(evals[best])
+    assert training.steps < 16, "stopped early"
+    assert training.steps == best + 2 * 2, "after two validations without improvement"
+    assert training.best_step == best
+    assert training.eval_loss == pytest.approx(evals[best])
     saved = load_file(run.path / "adapter" / "adapter_model.safetensors")
     kept = load_file(run.path / "checkpoints" / f"checkpoint-{best}" / "adapter_model.safetensors")
     assert all(torch.equal(saved[name], kept[name]) for name in saved), "the final weights are the best ones"

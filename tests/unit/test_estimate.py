@@ -33,7 +33,7 @@ from hone.estimate import (
     training_memory,
 )
 from hone.estimate_report import count_data_tokens, hardware, model_shape
-from hone.train.hardware import cpu_bf16_native
+from hone.hardware import cpu_bf16_native
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2_PARAMETERS = 134_515_008  # sum(p.numel()) of SmolLM2-135M (tied head)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hone.config import HoneConfig
+from hone.contract import BaseModelRef
 from hone.errors import HoneError
 from hone.io import atomic_write_text
 from hone.runs import MANIFEST, RunFolder
@@ -36,9 +37,19 @@ def test_update_merges_sections_and_finish_records_status(tmp_path: Path) -> Non
     run.add_artifact("weights", "adapter")
     run.finish("failed", error="boom")
     manifest = RunFolder.open(run.path).manifest
-    assert manifest["base_model"] == {"reference": "smollm2-135m-instruct", "path": "/x"}
-    assert manifest["artifacts"]["weights"] == "adapter"
-    assert manifest["status"] == "failed" and manifest["error"] == "boom"
+    assert manifest.base_model == BaseModelRef(reference="smollm2-135m-instruct", path="/x")
+    assert manifest.artifacts == {"config": "config.yaml", "weights": "adapter"}
+    assert manifest.status == "failed" and manifest.error == "boom"
+
+
+def test_update_refuses_what_the_contract_does_not_allow(tmp_path: Path) -> None:
+    run = RunFolder.create(make_config(tmp_path))
+    before = (run.path / MANIFEST).read_text()
+    with pytest.raises(HoneError, match="status"):
+        run.update(status="half-done")
+    with pytest.raises(HoneError, match="colour"):
+        run.update(colour="blue")
+    assert (run.path / MANIFEST).read_text() == before, "a refused update leaves the manifest as it was"
 
 
 def test_refuses_to_overwrite_a_run(tmp_path: Path) -> None:

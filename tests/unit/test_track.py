@@ -106,7 +106,7 @@ def test_params_hold_the_dotted_config_and_lineage(store: dict[str, Any]) -> Non
     assert params["evaluate.json_schema"] == "null"
     assert params["dataset_hash"] == "d" * 64
     assert params["base_model"] == "smollm2-135m-instruct"
-    assert params["code_version"].startswith(store["manifest"]["code_version"]["hone"])
+    assert params["code_version"].startswith(store["manifest"].code_version.hone)
     assert params["data.system_prompt"] == "p" * 500
 
 
@@ -148,7 +148,7 @@ def test_artifacts_are_copied_next_to_the_database(store: dict[str, Any]) -> Non
 
 
 def test_manifest_records_the_tracking_run(store: dict[str, Any]) -> None:
-    tracking = store["manifest"]["tracking"]
+    tracking = store["manifest"].tracking
     assert tracking == {"uri": store["uri"], "experiment": "hone", "run_id": store["run_id"]}
 
 
@@ -159,7 +159,7 @@ def test_logging_again_makes_a_new_run_in_the_same_experiment(store: dict[str, A
     first, second = client.get_run(store["run_id"]), client.get_run(again)
     assert first.info.experiment_id == second.info.experiment_id
     assert second.data.params["dataset_hash"] == "d" * 64
-    assert store["run"].manifest["tracking"]["run_id"] == again
+    assert store["run"].manifest.tracking.run_id == again
 
 
 def test_a_running_run_logs_what_exists_and_stays_running(tmp_path: Path, store: dict[str, Any]) -> None:
@@ -181,4 +181,4 @@ def test_default_store_is_created_in_the_working_folder(
     run = make_run(tmp_path, "local", finished=False)
     log_run(run.path)
     assert (tmp_path / ".hone" / "mlflow.db").is_file()
-    assert run.manifest["tracking"]["uri"] == f"sqlite:///{tmp_path.resolve() / '.hone' / 'mlflow.db'}"
+    assert run.manifest.tracking.uri == f"sqlite:///{tmp_path.resolve() / '.hone' / 'mlflow.db'}"

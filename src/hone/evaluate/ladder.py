@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from hone import contract
 from hone.config import HoneConfig
+from hone.contract import LADDER_FORMAT, Ladder, TrainingMetrics
 from hone.data.formats import Example
 from hone.data.load import load_split, require_kind
 from hone.data.tokenize import prompt_messages
@@ -35,12 +37,11 @@ from hone.evaluate.likelihood import reference_loss
 from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
-from hone.io import atomic_write_json, atomic_write_jsonl
+from hone.io import atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
 from hone.models.trained import trained_model
-from hone.runs import FinishedRun, RunFolder, now, open_language_model_run
+from hone.runs import LADDER, METRICS, FinishedRun, RunFolder, now, open_language_model_run
 
-LADDER_FORMAT = 1
 SHOWN_FLIPS = 20
 YES_NO_METRICS = ("exact_match", "normalized_exact_match", "accuracy", "json_valid", "schema_valid", "regex")
 
@@ -120,7 +121,7 @@ def check_metric_names(settings: Any, spec: MetricSpec, references: list[str]) -
             raise HoneError(f"{where}: {metric!r} is not among this task's metrics: {', '.join(names)}")
 
 
-def run_ladder(inputs: LadderInputs, run: RunFolder, console: Console) -> dict[str, Any]:
+def run_ladder(inputs: LadderInputs, run: RunFolder, console: Console) -> Ladder:
     """Evaluate every rung, write ladder.json, report.html and predictions into `run`; return the ladder."""
     settings = inputs.config.evaluate
     rungs: list[Rung] = []
@@ -230,11 +231,10 @@ def fine_tuned_rung(
         )
     del model
     gc.collect()
-    manifest = candidate.manifest
     return Rung(
         candidate.name,
         "fine-tuned",
-        f"{candidate.method} {candidate.kind} on {manifest.get('base_model', {}).get('reference')}",
+        f"{candidate.method} {candidate.kind} on {candidate.manifest.base_model.reference}",
         str(candidate.path),
         answers,
         settings.batch_size,
@@ -298,12 +298,9 @@ def measure_general(config: HoneConfig, label: str, model: Any, tokenizer: Any, 
 
 def training_record(candidate: FinishedRun) -> dict[str, Any]:
     """What the report shows of a candidate's training: the loss curve and the time it took."""
-    manifest = candidate.manifest
-    summary = manifest.get("training") or {}
-    if not summary:
-        metrics_file = candidate.path / "metrics.json"
-        if metrics_file.is_file():
-            summary = json.loads(metrics_file.read_text(encoding="utf-8")).get("training") or {}
+    summary = candidate.manifest.training
+    if summary is None and (candidate.path / METRICS).is_file():
+        summary = contract.read(TrainingMetrics, candidate.path / METRICS).training
     history_file = candidate.path / "history.jsonl"
     history = []
     if history_file.is_file():
@@ -314,12 +311,12 @@ def training_record(candidate: FinishedRun) -> dict[str, Any]:
         "run": str(candidate.path),
         "method": candidate.method,
         "adapter": candidate.kind,
-        "train_seconds": float(summary.get("seconds") or 0.0),
+        "train_seconds": summary.seconds if summary else 0.0,
         "history": history,
     }
 
 
-def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
+def assemble(inputs: LadderInputs, rungs: list[Rung]) -> Ladder:
     """Statistics, costs and the recommendation over the measured rungs: the ladder.json object."""
     settings = inputs.config.evaluate
     primary = settings.resolved_primary_metric()
@@ -330,7 +327,7 @@ def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
     records = [rung_record(inputs, rung, baseline, primary, n) for rung in rungs]
     target = settings.target.model_dump() if settings.target else None
     device, dtype = local_inference(settings.precision)
-    return {
+    ladder = {
         "format": LADDER_FORMAT,
         "created": now(),
         "task": {
@@ -346,6 +343,7 @@ def assemble(inputs: LadderInputs, rungs: list[Rung]) -> dict[str, Any]:
         "rungs": records,
         "recommendation": cost.recommend(records, primary, target, baseline.name, settings.cost.requests),
     }
+    return Ladder.model_validate(ladder)
 
 
 def rung_record(inputs: LadderInputs, rung: Rung, baseline: Rung, primary: str, n: int) -> dict[str, Any]:
@@ -445,7 +443,7 @@ def flip_record(inputs: LadderInputs, before: Rung, after: Rung, primary: str) -
     }
 
 
-def write_ladder(run: RunFolder, ladder: dict[str, Any], rungs: list[Rung], inputs: LadderInputs) -> None:
+def write_ladder(run: RunFolder, ladder: Ladder, rungs: list[Rung], inputs: LadderInputs) -> None:
     from hone.evaluate.report import write_report
 
     artifacts = {}
@@ -453,9 +451,9 @@ def write_ladder(run: RunFolder, ladder: dict[str, Any], rungs: list[Rung], inpu
         name = f"eval/{rung.name}.jsonl"
         atomic_write_jsonl(run.path / name, predictions(rung, inputs))
         artifacts[f"predictions_{rung.name}"] = name
-    atomic_write_json(run.path / "ladder.json", ladder)
-    write_report(ladder, run.path / "report.html")
-    run.update(artifacts={**artifacts, "ladder": "ladder.json", "report": "report.html"})
+    contract.write(ladder, run.path / LADDER)
+    write_report(ladder.model_dump(mode="json"), run.path / "report.html")
+    run.update(artifacts={**artifacts, "ladder": LADDER, "report": "report.html"})
 
 
 def predictions(rung: Rung, inputs: LadderInputs) -> list[dict[str, Any]]:
@@ -479,7 +477,7 @@ def predictions(rung: Rung, inputs: LadderInputs) -> list[dict[str, Any]]:
 
 def run_evaluation(
     config: HoneConfig, candidates: list[Path], console: Console
-) -> tuple[RunFolder, dict[str, Any]]:
+) -> tuple[RunFolder, Ladder]:
     """`hone evaluate`: the ladder in a new evaluation run folder (runs/evaluate-<time> by default)."""
     every = [*config.evaluate.candidates, *candidates]
     inputs = prepare(config, every)  # bad input fails here, before a run folder exists
@@ -492,10 +490,8 @@ def run_evaluation(
         raise
     run.update(
         candidates=[str(path) for path in every],
-        metrics={
-            rung["name"]: rung["metrics"][ladder["primary_metric"]]["value"] for rung in ladder["rungs"]
-        },
-        recommendation=ladder["recommendation"],
+        metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
+        recommendation=ladder.recommendation,
     )
     run.finish("completed")
     return run, ladder

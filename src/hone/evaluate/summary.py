@@ -2,66 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
+from hone.contract import GeneralFigures, Interval, Ladder, Significance
 
-def rung_table(ladder: dict[str, Any]) -> Table:
-    metric = ladder["primary_metric"]
-    target = ladder.get("target")
-    title = f"The ladder on {ladder['task']['examples']} test examples ({metric}"
-    title += f", bar {target['min']:g})" if target else ")"
+
+def rung_table(ladder: Ladder) -> Table:
+    metric = ladder.primary_metric
+    title = f"The ladder on {ladder.task.examples} test examples ({metric}"
+    title += f", bar {ladder.target.min:g})" if ladder.target else ")"
     table = Table(title=title)
     table.add_column("rung", no_wrap=True)
-    for column in (f"{metric} [95% CI]", f"vs {ladder['baseline']}", "general", "p50/p95 s"):
+    for column in (f"{metric} [95% CI]", f"vs {ladder.baseline}", "general", "p50/p95 s"):
         table.add_column(column, justify="right")
     for column in ("prompt tok", "$ / 1k req", "training $"):
         table.add_column(column, justify="right")
-    for rung in ladder["rungs"]:
-        scores = rung["metrics"][metric]
+    for rung in ladder.rungs:
         table.add_row(
-            rung["name"],
-            f"{scores['value']:.3f} [{scores['low']:.2f}, {scores['high']:.2f}]",
-            versus(rung.get("significance")),
-            general_change(rung.get("general")),
-            f"{rung['latency']['p50_seconds']:.1f}/{rung['latency']['p95_seconds']:.1f}",
-            f"{rung['tokens']['prompt_mean']:.0f}",
-            money(rung["cost"]["per_1000_requests"]),
-            money(rung["cost"]["training_one_off"]) if rung["cost"]["training_one_off"] else "-",
+            rung.name,
+            with_interval(rung.metrics[metric]),
+            versus(rung.significance),
+            general_change(rung.general),
+            f"{rung.latency.p50_seconds:.1f}/{rung.latency.p95_seconds:.1f}",
+            f"{rung.tokens.prompt_mean:.0f}",
+            money(rung.cost.per_1000_requests),
+            money(rung.cost.training_one_off) if rung.cost.training_one_off else "-",
         )
     return table
 
 
-def metric_table(ladder: dict[str, Any]) -> Table:
+def metric_table(ladder: Ladder) -> Table:
     table = Table(title="Every task metric (95% bootstrap interval)")
     table.add_column("metric")
-    for rung in ladder["rungs"]:
-        table.add_column(rung["name"], justify="right")
-    names = list(ladder["rungs"][0]["metrics"]) if ladder["rungs"] else []
+    for rung in ladder.rungs:
+        table.add_column(rung.name, justify="right")
+    names = list(ladder.rungs[0].metrics) if ladder.rungs else []
     for name in names:
-        cells = []
-        for rung in ladder["rungs"]:
-            scores = rung["metrics"][name]
-            cells.append(f"{scores['value']:.3f} [{scores['low']:.2f}, {scores['high']:.2f}]")
-        table.add_row(name, *cells)
+        table.add_row(name, *(with_interval(rung.metrics[name]) for rung in ladder.rungs))
     return table
 
 
-def versus(significance: dict[str, Any] | None) -> str:
+def with_interval(scores: Interval) -> str:
+    return f"{scores.value:.3f} [{scores.low:.2f}, {scores.high:.2f}]"
+
+
+def versus(significance: Significance | None) -> str:
     if not significance:
         return "baseline"
-    marker = " *" if significance["significant"] else ""
-    p_value = significance["p_value"]
-    shown = "p≤0.001" if p_value <= 0.001 else f"p={p_value:.3f}"
-    return f"{significance['delta']:+.3f} {shown}{marker}"
+    marker = " *" if significance.significant else ""
+    shown = "p≤0.001" if significance.p_value <= 0.001 else f"p={significance.p_value:.3f}"
+    return f"{significance.delta:+.3f} {shown}{marker}"
 
 
-def general_change(general: dict[str, Any] | None) -> str:
+def general_change(general: GeneralFigures | None) -> str:
     if not general:
         return "-"
-    return f"{general['probe_accuracy']:.2f} ({general['delta_probe_accuracy']:+.2f})"
+    return f"{general.probe_accuracy:.2f} ({general.delta_probe_accuracy:+.2f})"
 
 
 def money(value: float) -> str:
@@ -70,10 +67,9 @@ def money(value: float) -> str:
     return f"{value:.4f}" if value < 1 else f"{value:,.2f}"
 
 
-def show_ladder(ladder: dict[str, Any], console: Console) -> None:
+def show_ladder(ladder: Ladder, console: Console) -> None:
     console.print(rung_table(ladder))
     console.print(metric_table(ladder))
-    recommendation = ladder["recommendation"]
-    choice = recommendation["rung"] or "none"
-    console.print(f"[bold]Recommendation:[/] {choice}: {recommendation['reason']}")
+    choice = ladder.recommendation.rung or "none"
+    console.print(f"[bold]Recommendation:[/] {choice}: {ladder.recommendation.reason}")
     console.print("[dim]* significant at the 5% level (paired bootstrap)[/]")

@@ -190,7 +190,7 @@ def inference_dtype(precision: str, device: str = "cpu") -> Any:
     native (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16), else fp32."""
     import torch
 
-    from hone.train.hardware import cpu_bf16_native
+    from hone.hardware import cpu_bf16_native
 
     if precision == "auto":
         native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_bf16_native() is not None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from hone.config import TrainConfig
 from hone.errors import HoneError
+from hone.hardware import cpu_bf16_native
 
 
 @dataclass(frozen=True)
@@ -22,29 +21,6 @@ def device_choice() -> Choice:
     if torch.cuda.is_available():
         return Choice("cuda", f"CUDA GPU found: {torch.cuda.get_device_name(0)}")
     return Choice("cpu", "no CUDA GPU found")
-
-
-def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (for benchmark records)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_bf16_native() -> str | None:
-    """The CPU's native bf16 instructions (AMX tiles or AVX512-BF16), or None when bf16 is emulated.
-
-    With AMX or AVX512-BF16 oneDNN runs bf16 matmuls faster than fp32 (measured 1.66x per LoRA step on a
-    2-core Xeon with AMX); without them bf16 is emulated and ~15x slower than fp32.
-    """
-    if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    if torch.cpu._is_avx512_bf16_supported():
-        return "AVX512-BF16"
-    return None
 
 
 def precision_choice(train: TrainConfig, device: str) -> Choice:

@@ -13,14 +13,15 @@ from typing import Any
 
 from rich.console import Console
 
+from hone import contract
 from hone.config import HoneConfig, load_config
+from hone.contract import DatasetRecord, SplitRecord, TrainingMetrics, TrainingSummary
 from hone.data.formats import Example
 from hone.data.load import load_split, require_kind
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
-from hone.io import atomic_write_json
 from hone.models.resolve import load_tokenizer, resolve_model
-from hone.runs import RunFolder
+from hone.runs import METRICS, RunFolder
 from hone.track import track_completed
 from hone.train import hardware
 from hone.train.checkpoints import latest_complete, remove_incomplete
@@ -103,11 +104,11 @@ def resume_training(run_path: Path, console: Console) -> RunFolder:
     state = process_state()
     run = RunFolder.open(run_path)
     manifest = run.manifest
-    if manifest.get("status") == "completed":
+    if manifest.status == "completed":
         raise HoneError(f"{run_path}: the run already completed; nothing to resume")
     config = load_config(run_path / "config.yaml")
     splits = load_training_splits(config)
-    recorded = (manifest.get("dataset") or {}).get("hash")
+    recorded = manifest.dataset.hash if manifest.dataset else None
     version = dataset_hash(splits)
     if recorded and recorded != version:
         raise HoneError(
@@ -149,8 +150,8 @@ def execute(
     if not state.is_main_process:
         return run
     summary = training_summary(result)
-    atomic_write_json(run.path / "metrics.json", {"training": summary})
-    run.update(training=summary, artifacts={"metrics": "metrics.json"})
+    contract.write(TrainingMetrics(training=summary), run.path / METRICS)
+    run.update(training=summary, artifacts={"metrics": METRICS})
     run.finish("completed")
     if track and config.track.enabled:
         track_completed(run, config, console)
@@ -172,32 +173,32 @@ def shared_run_folder(config: HoneConfig, state: Any) -> RunFolder:
     return RunFolder(Path(paths[0]))  # type: ignore[arg-type]
 
 
-def dataset_record(config: HoneConfig, splits: dict[str, list[Example]], version: str) -> dict[str, Any]:
-    return {
-        "hash": version,
-        "splits": {
-            name: {"path": str(getattr(config.data, name)), "examples": len(examples)}
+def dataset_record(config: HoneConfig, splits: dict[str, list[Example]], version: str) -> DatasetRecord:
+    return DatasetRecord(
+        hash=version,
+        splits={
+            name: SplitRecord(path=str(getattr(config.data, name)), examples=len(examples))
             for name, examples in splits.items()
         },
-    }
+    )
 
 
-def training_summary(result: TrainResult) -> dict[str, Any]:
-    return {
-        "steps": result.steps,
-        "train_loss": result.train_loss,
-        "eval_loss": result.eval_loss,
-        "best_step": result.best_step,
-        "best_metric": result.best_metric,
-        "seconds": round(result.seconds, 1),
-        "trained_tokens": result.trained_tokens,
-        "tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
-        "truncated_examples": result.truncated,
-        "distributed": result.distributed,
-        "precision": result.precision,
-        "attention": result.attention,
-        "layout": result.layout,
-    }
+def training_summary(result: TrainResult) -> TrainingSummary:
+    return TrainingSummary(
+        steps=result.steps,
+        train_loss=result.train_loss,
+        eval_loss=result.eval_loss,
+        best_step=result.best_step,
+        best_metric=result.best_metric,
+        seconds=round(result.seconds, 1),
+        trained_tokens=result.trained_tokens,
+        tokens_per_second=round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
+        truncated_examples=result.truncated,
+        distributed=result.distributed,
+        precision=result.precision,
+        attention=result.attention,
+        layout=result.layout,
+    )
 
 
 def fmt(value: float | None) -> str:

@@ -27,7 +27,7 @@ from rich.console import Console
 from hone.config import HoneConfig
 from hone.data.formats import Example
 from hone.errors import HoneError
-from hone.models.resolve import load_tokenizer
+from hone.models.resolve import load_tokenizer, resolve_model
 from hone.runs import RunFolder
 from hone.train.dpo import preference_dataset, show_ranking
 from hone.train.setup import TrainResult, build_model, callbacks, choose, fit, trainer_arguments
@@ -110,18 +110,18 @@ def load_reward_model(run_path: Path, device: str = "cpu") -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification
 
     manifest = RunFolder.open(run_path).manifest
-    weights = (manifest.get("artifacts") or {}).get("weights")
-    if manifest.get("method") != "reward" or manifest.get("status") != "completed" or weights is None:
+    weights = manifest.artifacts.get("weights")
+    if manifest.method != "reward" or manifest.status != "completed" or weights is None:
         raise HoneError(
-            f"{run_path}: not a completed reward-model run (method {manifest.get('method')!r}, "
-            f"status {manifest.get('status')!r}); train one with method: reward"
+            f"{run_path}: not a completed reward-model run (method {manifest.method!r}, "
+            f"status {manifest.status!r}); train one with method: reward"
         )
     folder = run_path / weights
     tokenizer = load_tokenizer(folder)
     if weights == "adapter":
         from peft import PeftModel
 
-        base_path = manifest["base_model"]["path"]
+        base_path = manifest.base_model.path or resolve_model(manifest.base_model.reference)
         with quiet_load_report():
             base = AutoModelForSequenceClassification.from_pretrained(
                 base_path, num_labels=1, dtype=torch.float32

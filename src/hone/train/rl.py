@@ -113,15 +113,15 @@ def reward_from_run(folder: Path, device: str) -> RewardFunction:
     the reward model saw its training pairs.
     """
     manifest = RunFolder.open(folder).manifest
-    if manifest.get("method") != "reward":
+    if manifest.method != "reward":
         raise HoneError(
-            f"train.rl.reward {str(folder)!r}: the run's method is {manifest.get('method')!r}, not 'reward' "
+            f"train.rl.reward {str(folder)!r}: the run's method is {manifest.method!r}, not 'reward' "
             "(train a reward model with method: reward)"
         )
-    if manifest.get("status") != "completed":
+    if manifest.status != "completed":
         raise HoneError(
             f"train.rl.reward {str(folder)!r}: the reward-model run did not complete "
-            f"(status {manifest.get('status')!r})"
+            f"(status {manifest.status!r})"
         )
     from hone.train.reward import load_reward_model, score_texts
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from hone.config import HoneConfig, LoraAdapter
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
+from hone.models.quantization import quantization_config
 from hone.models.resolve import load_model, torch_dtype
 from hone.runs import RunFolder
 from hone.train import hardware
@@ -142,18 +143,6 @@ def lora_config(adapter: LoraAdapter, task_type: str) -> Any:
         use_dora=adapter.use_dora,
         use_rslora=adapter.use_rslora,
         task_type=task_type,
-    )
-
-
-def quantization_config(dtype: torch.dtype) -> Any:
-    """NF4 with double quantisation (the QLoRA paper's setting); bitsandbytes >= 0.49 runs it on CPU too."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hone.errors import HoneError
+from hone.hardware import cpu_bf16_native
 from hone.models import resolve
 from hone.models.resolve import (
     CONVERSION_RECORD,
@@ -15,7 +16,6 @@ from hone.models.resolve import (
     inference_dtype,
     resolve_model,
 )
-from hone.train.hardware import cpu_bf16_native
 
 
 def test_local_hf_folder_resolves_to_itself(tiny_model_dir: Path) -> None:

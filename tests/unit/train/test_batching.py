@@ -77,7 +77,7 @@ def train(tmp_path: Path, model: Path, grouped: bool) -> PaddingSpy:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sft, "callbacks", lambda *args: [*shared(*args), spy])
         run = run_training(config, Console(record=True, width=160))
-    assert run.manifest["status"] == "completed"
+    assert run.manifest.status == "completed"
     return spy
 
 

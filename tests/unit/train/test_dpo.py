@@ -74,7 +74,7 @@ def test_dpo_trains_every_parameter(
     assert any("eval_rewards/accuracies" in row for row in records)
 
     assert snapshot.before, "something was trainable"
-    weights = run.path / run.manifest["artifacts"]["weights"]
+    weights = run.path / run.manifest.artifacts["weights"]
     assert_saved_as_trained(snapshot, saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after)))
     if adapter != "full":
         assert not (weights / "ref").exists(), "the reference is the base with the adapter off, not a copy"

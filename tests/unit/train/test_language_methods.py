@@ -85,10 +85,10 @@ def test_sft_trains_every_parameter(
     before = initial_trainable(config, tiny_model_dir)
     run = run_training(config, Console(record=True, width=160))
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["training"]["steps"] == 3
-    assert math.isfinite(manifest["training"]["train_loss"])
-    assert math.isfinite(manifest["training"]["eval_loss"])
+    assert manifest.status == "completed"
+    assert manifest.training.steps == 3
+    assert math.isfinite(manifest.training.train_loss)
+    assert math.isfinite(manifest.training.eval_loss)
     assert_all_trained(run.path, before, adapter)
 
 
@@ -103,9 +103,9 @@ def test_pretrain_trains_every_parameter_on_documents(
     before = initial_trainable(config, tiny_model_dir)
     run = run_training(config, Console(record=True, width=160))
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["dataset"]["splits"]["train"]["examples"] == len(pages)
-    assert math.isfinite(manifest["training"]["train_loss"])
+    assert manifest.status == "completed"
+    assert manifest.dataset.splits["train"].examples == len(pages)
+    assert math.isfinite(manifest.training.train_loss)
     assert_all_trained(run.path, before, adapter)
 
 
@@ -209,13 +209,13 @@ def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
     monkeypatch.setattr(sft, "callbacks", lambda *args: [*shared(*args), spy])
     config = sft_lora(tmp_path, tiny_model_dir, small_task)
     run = run_training(config, Console(record=True, width=160))
-    assert run.manifest["status"] == "completed"
+    assert run.manifest.status == "completed"
     lora_layers = 7 * 2  # every linear layer of the two blocks
     fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0  # norms and MLPs
     assert spy.seen and all(seen == ("hone_cpu", lora_layers + fused) for seen in spy.seen)
     assert KernelSpy.kernels(spy.model) == ("sdpa", 0)  # as transformers and PEFT made it
-    assert run.manifest["training"]["attention"] == "hone_cpu"
-    assert run.manifest["training"]["layout"] == "padding-free"
+    assert run.manifest.training.attention == "hone_cpu"
+    assert run.manifest.training.layout == "padding-free"
 
 
 def test_padding_free_and_padded_runs_count_the_same_trained_tokens(
@@ -227,7 +227,7 @@ def test_padding_free_and_padded_runs_count_the_same_trained_tokens(
     for free in (True, False):
         config = sft_lora(tmp_path / str(free), tiny_model_dir, small_task)
         config.train.padding_free = free
-        training[free] = run_training(config, Console(quiet=True)).manifest["training"]
+        training[free] = run_training(config, Console(quiet=True)).manifest.training
     assert training[True]["layout"] == "padding-free" and training[False]["layout"] == "padded"
     assert training[True]["trained_tokens"] == training[False]["trained_tokens"] > 0
     assert training[True]["train_loss"] == pytest.approx(training[False]["train_loss"], rel=1e-3)
@@ -250,9 +250,9 @@ def test_an_attention_kernel_named_in_the_config_is_the_one_that_trains(
     config.train.attention = attention  # type: ignore[assignment]
     console = Console(record=True, width=160)
     run = run_training(config, console)
-    assert run.manifest["training"]["attention"] == attention
-    assert run.manifest["training"]["layout"] == "padded"  # transformers' kernels would mask the whole row
-    assert math.isfinite(run.manifest["training"]["train_loss"])
+    assert run.manifest.training.attention == attention
+    assert run.manifest.training.layout == "padded"  # transformers' kernels would mask the whole row
+    assert math.isfinite(run.manifest.training.train_loss)
     fused = 2 * 2 + 1 + 2 if compiled_ops.inductor_works() else 0
     # the configured attention while training, hone's other CPU kernels still on
     assert spy.seen and all(seen == (attention, 7 * 2 + fused) for seen in spy.seen)

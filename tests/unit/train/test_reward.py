@@ -96,7 +96,7 @@ def test_reward_trains_every_parameter(
     assert any("eval_accuracy" in row for row in records), "pairwise accuracy on validation is logged"
 
     assert any("score" in name for name in snapshot.before), "the score head is trained"
-    weights = run.path / run.manifest["artifacts"]["weights"]
+    weights = run.path / run.manifest.artifacts["weights"]
     assert_saved_as_trained(snapshot, saved_trainable(weights, adapter, tiny_model_dir, list(snapshot.after)))
 
     model, tokenizer = load_reward_model(run.path)

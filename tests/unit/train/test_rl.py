@@ -108,13 +108,13 @@ def history(run: RunFolder) -> list[dict[str, Any]]:
 
 def assert_trained(run: RunFolder, steps: int) -> list[dict[str, Any]]:
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["training"]["steps"] == steps
+    assert manifest.status == "completed"
+    assert manifest.training.steps == steps
     records = history(run)
     losses = [row["loss"] for row in records if "loss" in row]
     assert len(losses) == steps and all(math.isfinite(loss) for loss in losses)
     assert all("reward" in row for row in records if "loss" in row), "the mean reward is in the history"
-    assert (run.path / manifest["artifacts"]["weights"]).is_dir()
+    assert (run.path / manifest.artifacts["weights"]).is_dir()
     return records
 
 
@@ -128,7 +128,7 @@ def test_grpo_moves_every_trainable_parameter(
     assert all("rewards/aligned/mean" in row for row in records if "loss" in row)
     assert not snapshot.unchanged(), f"never trained: {snapshot.unchanged()}"
     expected = {"full": "model", "lora": "adapter", "qlora": "adapter"}[adapter]
-    assert run.manifest["artifacts"]["weights"] == expected
+    assert run.manifest.artifacts["weights"] == expected
 
 
 def test_rloo_with_a_kl_penalty_trains_lora(
@@ -147,7 +147,7 @@ def test_rloo_with_a_kl_penalty_trains_lora(
     )
     run = run_training(config, Console(record=True, width=160))
     records = assert_trained(run, steps=2)
-    assert run.manifest["training"]["truncated_examples"] == 1, "the prompt over max_length was left out"
+    assert run.manifest.training.truncated_examples == 1, "the prompt over max_length was left out"
     assert any("kl" in row for row in records), "beta > 0 compares with the reference policy"
     assert not snapshot.unchanged(), f"never trained: {snapshot.unchanged()}"
     saved = sorted(p.name for p in (run.path / "adapter").iterdir())
@@ -173,10 +173,10 @@ def test_validation_is_judged_by_reward_with_the_shipped_task_and_reward(
     assert [row["step"] for row in records if "eval_reward" in row] == [1, 2]
     rewards = [row["rewards/score/mean"] for row in records if "loss" in row]
     assert all(0.0 <= reward < 0.1 for reward in rewards), "random text is never a JSON object"
-    training = run.manifest["training"]
-    assert training["best_step"] in (1, 2), "keep_best chose a step by eval_reward"
+    training = run.manifest.training
+    assert training.best_step in (1, 2), "keep_best chose a step by eval_reward"
     best = max(row["eval_reward"] for row in records if "eval_reward" in row)
-    assert training["best_metric"] == {"eval_reward": pytest.approx(best)}
+    assert training.best_metric == {"eval_reward": pytest.approx(best)}
 
 
 def test_rl_raises_the_mean_reward_of_a_toy_reward(

@@ -55,11 +55,11 @@ def preference_config(
 def completed_two_steps(run: RunFolder, adapter: str) -> list[dict[str, Any]]:
     """Check a 2-step toy run completed with finite losses and its weights where expected; its history."""
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert manifest["artifacts"]["weights"] == ("model" if adapter == "full" else "adapter")
-    training = manifest["training"]
-    assert training["steps"] == 2
-    assert math.isfinite(training["train_loss"]) and math.isfinite(training["eval_loss"])
+    assert manifest.status == "completed"
+    assert manifest.artifacts["weights"] == ("model" if adapter == "full" else "adapter")
+    training = manifest.training
+    assert training.steps == 2
+    assert math.isfinite(training.train_loss) and math.isfinite(training.eval_loss)
     records = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in records if "loss" in row] == [1, 2]
     assert all(math.isfinite(row["loss"]) for row in records if "loss" in row)

@@ -20,11 +20,13 @@ from transformers import AutoTokenizer
 from hone.cli import main
 from hone.config import HoneConfig
 from hone.errors import HoneError
+from hone.export import gguf, llama_cpp, ollama, parity
+from hone.export import merge as merging
+from hone.models.quantization import quantization_config
 from hone.models.resolve import load_model, load_tokenizer
 from hone.models.templates import PROBE_CHATS
 from hone.runs import RunFolder, open_language_model_run
-from hone.train import export, llama_cpp, ollama
-from hone.train.setup import lora_config, quantization_config
+from hone.train.setup import lora_config
 
 PROMPT = "<|im_start|>user\nWhere is my refund?<|im_end|>\n<|im_start|>assistant\n"
 LLAMA3_TEMPLATE = (
@@ -83,7 +85,7 @@ def test_merged_lora_has_the_peft_models_logits(tmp_path: Path, tiny_model_dir: 
     from peft import PeftModel
 
     run = make_run(tmp_path, tiny_model_dir, "lora")
-    merged = export.merge(run)
+    merged = merging.merge(run)
 
     assert merged == run / "export" / "merged"
     tokenizer = load_tokenizer(merged)
@@ -95,17 +97,17 @@ def test_merged_lora_has_the_peft_models_logits(tmp_path: Path, tiny_model_dir: 
     record = json.loads((merged / "export.json").read_text())
     assert record["kind"] == "merged" and record["adapter"] == "lora" and not record["dequantized"]
     assert record["code_version"]["hone"]
-    assert RunFolder.open(run).manifest["artifacts"]["export_merged"] == "export/merged"
+    assert RunFolder.open(run).manifest.artifacts["export_merged"] == "export/merged"
     assert not [p.name for p in merged.parent.iterdir() if p.name.startswith(".")], "no staging left"
 
 
 def test_full_fine_tuning_exports_its_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = make_run(tmp_path, tiny_model_dir, "full")
-    merged = export.merge(run, out=tmp_path / "elsewhere")
+    merged = merging.merge(run, out=tmp_path / "elsewhere")
 
     tokenizer = load_tokenizer(merged)
     assert torch.equal(logits(load_model(merged), tokenizer), logits(load_model(run / "model"), tokenizer))
-    assert RunFolder.open(run).manifest["artifacts"]["export_merged"] == str(
+    assert RunFolder.open(run).manifest.artifacts["export_merged"] == str(
         (tmp_path / "elsewhere").resolve()
     )
 
@@ -132,7 +134,7 @@ def test_qlora_dequantized_merge_is_the_model_that_was_trained(tmp_path: Path, t
     from transformers import AutoModelForCausalLM
 
     run = make_run(tmp_path, tiny_model_dir, "qlora")
-    merged = export.merge(run, dequantize=True)
+    merged = merging.merge(run, dequantize=True)
 
     config = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in config
@@ -218,17 +220,17 @@ def test_ollama_template_renders_exactly_like_the_chat_template(tokenizer: Any, 
 
 
 @pytest.fixture(scope="module")
-def f16_export(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> export.GGUFExport:
+def f16_export(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> gguf.GGUFExport:
     """One real f16 export for the GGUF tests. Module-scoped fixtures run before the autouse one that
     sets HONE_HOME, so this sets the same session-wide home itself (the converters are fetched once)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HONE_HOME", str(tmp_path_factory.getbasetemp() / "hone-home"))
         patch.setenv("HF_HUB_OFFLINE", "1")
         run = make_run(tmp_path_factory.mktemp("gguf"), tiny_model_dir, "lora")
-        return export.to_gguf(run, quant="f16")
+        return gguf.to_gguf(run, quant="f16")
 
 
-def test_gguf_export_writes_model_lora_and_modelfile(f16_export: export.GGUFExport) -> None:
+def test_gguf_export_writes_model_lora_and_modelfile(f16_export: gguf.GGUFExport) -> None:
     from gguf import GGUFReader
 
     run = f16_export.run
@@ -243,13 +245,13 @@ def test_gguf_export_writes_model_lora_and_modelfile(f16_export: export.GGUFExpo
     record = json.loads((f16_export.folder / "export.json").read_text())
     assert record["llama_cpp"] == llama_cpp.LLAMA_CPP_PYTHON
     assert record["files"]["lora"] == "lora-lora-f16.gguf"
-    assert RunFolder.open(run).manifest["artifacts"]["export_gguf_f16"] == "export/gguf-f16"
+    assert RunFolder.open(run).manifest.artifacts["export_gguf_f16"] == "export/gguf-f16"
     name = GGUFReader(f16_export.model).fields["general.name"]
     assert bytes(name.parts[-1]).decode() == "lora", "the run's name, not the folder's"
 
 
-def test_gguf_f16_parity_matches_the_merged_model(f16_export: export.GGUFExport) -> None:
-    result = export.parity_check(f16_export)
+def test_gguf_f16_parity_matches_the_merged_model(f16_export: gguf.GGUFExport) -> None:
+    result = parity.parity_check(f16_export)
 
     assert result.prompt_source == "fixed chats" and len(result.prompts) == 3
     assert all(row.tokens_match and row.outputs_match for row in result.prompts), result.to_dict()
@@ -258,12 +260,12 @@ def test_gguf_f16_parity_matches_the_merged_model(f16_export: export.GGUFExport)
     assert json.loads((f16_export.folder / "parity.json").read_text())["matched"] == 3
 
 
-def test_converter_writes_q8_0(f16_export: export.GGUFExport, tmp_path: Path) -> None:
+def test_converter_writes_q8_0(f16_export: gguf.GGUFExport, tmp_path: Path) -> None:
     from gguf import GGMLQuantizationType, GGUFReader
 
     out_file = tmp_path / "m-q8_0.gguf"
-    command = export.model_command(export.llama_cpp_tools(), f16_export.merged, out_file, "q8_0", "m")
-    export.run_tools({"convert_hf_to_gguf.py": command})
+    command = gguf.model_command(llama_cpp.llama_cpp_tools(), f16_export.merged, out_file, "q8_0", "m")
+    llama_cpp.run_tools({"convert_hf_to_gguf.py": command})
 
     matrices = [t for t in GGUFReader(out_file).tensors if len(t.shape) == 2]
     assert matrices and all(t.tensor_type == GGMLQuantizationType.Q8_0 for t in matrices)
@@ -273,9 +275,9 @@ def test_dora_and_qlora_runs_get_no_lora_gguf(tmp_path: Path, tiny_model_dir: Pa
     dora = open_language_model_run(
         make_run(tmp_path / "dora", tiny_model_dir, "lora", use_dora=True), "export"
     )
-    assert "DoRA" in str(export.lora_refusal(dora))
+    assert "DoRA" in str(gguf.lora_refusal(dora))
     qlora = open_language_model_run(make_run(tmp_path / "qlora", tiny_model_dir, "qlora"), "export")
-    assert "NF4" in str(export.lora_refusal(qlora))
+    assert "NF4" in str(gguf.lora_refusal(qlora))
 
 
 def test_converter_failures_show_the_end_of_their_output(tmp_path: Path) -> None:
@@ -287,16 +289,16 @@ def test_converter_failures_show_the_end_of_their_output(tmp_path: Path) -> None
     with pytest.raises(
         HoneError, match=r"convert_hf_to_gguf.py failed \(exit code 1\):\n  loading\n  Model Foo"
     ):
-        export.run_tools({"convert_hf_to_gguf.py": failing})
+        llama_cpp.run_tools({"convert_hf_to_gguf.py": failing})
 
 
 def test_k_quants_need_llama_quantize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HONE_LLAMA_QUANTIZE", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(HoneError, match="HONE_LLAMA_QUANTIZE"):
-        export.to_gguf(tmp_path / "no-run", quant="q4_k_m")
+        gguf.to_gguf(tmp_path / "no-run", quant="q4_k_m")
     with pytest.raises(HoneError, match="unknown GGUF type"):
-        export.to_gguf(tmp_path / "no-run", quant="q3")
+        gguf.to_gguf(tmp_path / "no-run", quant="q3")
 
 
 def test_llama_quantize_turns_the_f16_into_the_k_quant(
@@ -309,7 +311,7 @@ def test_llama_quantize_turns_the_f16_into_the_k_quant(
     half = tmp_path / "m-f16.gguf"
     half.write_text("f16")
 
-    export.quantize(export.llama_quantize(), half, tmp_path / "m-q4_k_m.gguf", "q4_k_m")
+    gguf.quantize(llama_cpp.llama_quantize(), half, tmp_path / "m-q4_k_m.gguf", "q4_k_m")
 
     assert (tmp_path / "m-q4_k_m.gguf").read_text() == "f16"
     assert (tmp_path / "m-q4_k_m.gguf.args").read_text().split()[-1] == "Q4_K_M"
@@ -323,22 +325,22 @@ def test_converters_that_cannot_be_fetched_say_how_to_get_them(
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(HoneError, match="HONE_LLAMA_CPP") as refused:
-        export.llama_cpp_tools()
+        llama_cpp.llama_cpp_tools()
     assert "llama-cpp-python==0.3.36" in str(refused.value)
     assert not list((tmp_path / "home" / "tools").iterdir()), "no half-fetched tools folder"
 
     monkeypatch.setenv("HONE_LLAMA_CPP", str(tmp_path))
     with pytest.raises(HoneError, match=r"no convert_hf_to_gguf\.py"):
-        export.llama_cpp_tools()
+        llama_cpp.llama_cpp_tools()
 
 
 def test_unfinished_runs_do_not_export(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = make_run(tmp_path, tiny_model_dir, "lora")
     RunFolder.open(run).update(status="failed")
     with pytest.raises(HoneError, match="only completed runs export"):
-        export.merge(run)
+        merging.merge(run)
     with pytest.raises(HoneError, match="not a run folder"):
-        export.merge(tmp_path)
+        merging.merge(tmp_path)
 
 
 @pytest.mark.slow
@@ -348,8 +350,8 @@ def test_real_model_q8_0_gguf_keeps_its_answers(tmp_path: Path) -> None:
     from hone.models.resolve import resolve_model
 
     run = make_run(tmp_path, resolve_model("smollm2-135m-instruct"), "lora")
-    exported = export.to_gguf(run, quant="q8_0")
-    result = export.parity_check(exported)
+    exported = gguf.to_gguf(run, quant="q8_0")
+    result = parity.parity_check(exported)
 
     assert all(row.tokens_match for row in result.prompts), result.to_dict()
     assert "Paris" in result.prompts[0].merged_output and result.prompts[0].outputs_match, result.to_dict()

@@ -1,0 +1,69 @@
+"""Merge a run's adapter into its base: one plain safetensors folder that any Hugging Face tool loads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hone.errors import HoneError
+from hone.io import atomic_write_json, staged_folder
+from hone.models.resolve import load_tokenizer
+from hone.models.trained import merged_model
+from hone.runs import FinishedRun, RunFolder, code_version, now, open_language_model_run
+
+EXPORT_RECORD = "export.json"
+
+QLORA_REFUSAL = (
+    "{run}: this QLoRA adapter was trained against the NF4-rounded base weights, not the original ones. "
+    "Merging it into the full-precision base gives a different model from the one that was trained, and "
+    "merging it into the 4-bit base re-rounds every merged weight to NF4, losing most of the update. "
+    "Use --dequantize: hone loads the base in 4-bit exactly as in training, dequantizes it to fp32 and "
+    "merges the adapter into that, which is the model that was trained (at the size of an fp32 model)."
+)
+
+
+def record_export(folder: Path, run: FinishedRun, kind: str, **details: Any) -> None:
+    record = {
+        "kind": kind,
+        "source_run": str(run.path.resolve()),
+        "run_name": run.name,
+        "adapter": run.kind,
+        "base_model": run.config.model.reference,
+        "created_at": now(),
+        "code_version": code_version(),
+        **details,
+    }
+    atomic_write_json(folder / EXPORT_RECORD, record)
+
+
+def record_artifact(run: FinishedRun, name: str, folder: Path) -> None:
+    """Exports inside the run folder are recorded relative to it, others by their full path."""
+    try:
+        relative = str(folder.resolve().relative_to(run.path.resolve()))
+    except ValueError:
+        relative = str(folder.resolve())
+    RunFolder(run.path).update(artifacts={name: relative})
+
+
+def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> Path:
+    """Write the run's model as one plain safetensors folder that any Hugging Face tool loads.
+
+    LoRA is merged into the fp32 base it was trained on. A QLoRA adapter is refused unless `dequantize`
+    is set (see QLORA_REFUSAL). Full fine-tuning already produced a whole model; it is copied.
+    """
+    run = open_language_model_run(run_path, "export")
+    target = out or run.path / "export" / "merged"
+    if run.kind == "qlora" and not dequantize:
+        raise HoneError(QLORA_REFUSAL.format(run=run_path))
+    dequantized = run.kind == "qlora"
+    with staged_folder(target) as staging:
+        if run.kind == "full":
+            shutil.copytree(run.weights, staging, dirs_exist_ok=True)
+        else:
+            model = merged_model(run, dequantized)
+            model.save_pretrained(staging, safe_serialization=True)
+            load_tokenizer(run.weights).save_pretrained(staging)  # with the chat template it was trained on
+        record_export(staging, run, "merged", dequantized=dequantized, dtype="float32")
+    record_artifact(run, "export_merged", target)
+    return target
