@@ -23,6 +23,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	# the stages import downward only (.importlinter): runs, models and data never reach into train
+	$(VENV)/bin/lint-imports
+	# the reference pages under docs/: a broken link between them fails the build; the site goes to a temp folder
+	$(VENV)/bin/mkdocs build --strict --site-dir $$(mktemp -d)
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)

@@ -71,7 +71,7 @@ def main() -> None:
         path = Path(folder) / "train.jsonl"
         write_examples(path, args.examples, args.seed)
         began = time.perf_counter()
-        report = run_data_check({"train": path}, model_path, 512, TrainConfig(), price_per_hour=0.1)
+        report = run_data_check({"train": path}, model_path, 512, TrainConfig())
         seconds = time.perf_counter() - began
     split = report.splits[0]
     lengths = split.token_lengths

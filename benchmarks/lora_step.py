@@ -7,23 +7,26 @@ every variant draws the same dropout masks where it uses the same dropout).
 
   hone            everything on: bf16 weights and autocast where the CPU has AMX or AVX512-BF16 (else
                   fp32), the LM head and its cross-entropy only on labelled positions, in chunks, the
-                  softmax and its gradient compiled (hone.train.loss.linear_cross_entropy), the LoRA
-                  dropout drawn by a compiled SplitMix64 kernel and applied to the input's bits, each
-                  frozen base layer and its adapter one autograd node with the adapter added in place
-                  (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
-                  embedding written half by half (hone.train.rotary), and RMSNorm and SwiGLU compiled
-                  into fused kernels (hone.train.compiled_ops; compiled in the untimed warm-up step,
-                  reported separately).
+                  softmax and its gradient compiled (hone.train.loss.linear_cross_entropy), and every
+                  kernel of hone.train.cpu (`cpu_kernels`, as `hone train` applies them): the LoRA
+                  dropout drawn by a compiled SplitMix64 kernel and applied to the input's bits
+                  (fast_dropout), each frozen base layer and its adapter one autograd node with the
+                  adapter added in place (fused_lora), grouped-head attention (attention), the rotary
+                  embedding written half by half (rotary), and RMSNorm and SwiGLU compiled into fused
+                  kernels (compiled_ops; compiled in the untimed warm-up step, reported separately).
   span-logits     the model's own head from the first labelled position on, then the cross-entropy there
                   (hone's previous loss; every position after the first labelled one gets logits).
   full-logits     the model's own loss (logits for every position): what transformers does by default.
-  torch-dropout   PEFT's nn.Dropout (torch.bernoulli_, boolean masks).
-  peft-forward    PEFT's LoRA forward (result + B(A(x)) * scaling), its input not copied to fp32.
+  torch-dropout   PEFT's nn.Dropout (torch.bernoulli_, boolean masks): fast_dropout off.
+  peft-forward    PEFT's LoRA forward (result + B(A(x)) * scaling), its input not copied to fp32 (fused_lora
+                  off).
   fp32-copies     PEFT's LoRA forward as it is: every adapter's input copied to fp32, autocast copies it back.
   sdpa-attention  transformers' default attention: torch's scaled_dot_product_attention (flash on CPU).
   eager-attention transformers' eager attention (repeated key/value heads, fp32 softmax).
-  eager-layers    transformers' RMSNorm and MLP modules as they are (not compiled).
+  eager-layers    transformers' RMSNorm and MLP modules as they are (not compiled): compiled_ops off.
   eager-rotary    transformers' rotary embedding (q * cos + rotate_half(q) * sin) instead of hone's.
+  kernels-off     every kernel of hone.train.cpu off (train.cpu_kernels: off): transformers' and PEFT's
+                  own layers with sdpa, hone's loss and precision kept.
   fp32            fp32 weights and compute, every other optimisation on.
   hone+compile    hone with the model wrapped in torch.compile (inductor); not run unless asked for
                   (--variants); its compilation happens in the untimed warm-up step, reported separately.
@@ -40,6 +43,7 @@ import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,18 +51,14 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.helpers import disable_input_dtype_casting
-from torch import nn
 
 from hone.data.load import load_split
 from hone.data.tokenize import IGNORE_INDEX, tokenize_chat
 from hone.hardware import cpu_bf16_native
 from hone.models.resolve import load_model, load_tokenizer, resolve_model
 from hone.models.templates import training_chat_template
-from hone.train.compiled_ops import compiled_layers
-from hone.train.cpu_attention import cpu_attention
-from hone.train.fast_lora import FastDropout, fused_lora, use_fast_dropout
+from hone.train.cpu import KERNELS, cpu_kernels
 from hone.train.loss import label_span, shifted_targets, sum_cross_entropy
-from hone.train.rotary import fused_rotary
 from hone.train.trainer import labelled_loss
 
 TRAIN = Path(__file__).resolve().parent.parent / "examples" / "support-tickets" / "train.jsonl"
@@ -68,12 +68,9 @@ SEED = 42
 @dataclass(frozen=True)
 class Variant:
     loss: str = "labelled"  # labelled | span | full
-    fast_dropout: bool = True
+    off: tuple[str, ...] = ()  # kernels of hone.train.cpu switched off (names of KERNELS)
     skip_fp32_copies: bool = True
-    fused_lora: bool = True
-    attention: str = "hone"  # hone | sdpa | eager
-    rotary: bool = True
-    compiled_ops: bool = True
+    attention: str = "sdpa"  # transformers' attention where hone's ("attention") is off: sdpa | eager
     bf16: bool = True  # where the CPU has native bf16
     compiled: bool = False
 
@@ -82,13 +79,14 @@ VARIANTS = {
     "hone": Variant(),
     "span-logits": Variant(loss="span"),
     "full-logits": Variant(loss="full"),
-    "torch-dropout": Variant(fast_dropout=False),
-    "peft-forward": Variant(fused_lora=False),
-    "fp32-copies": Variant(fused_lora=False, skip_fp32_copies=False),
-    "sdpa-attention": Variant(attention="sdpa"),
-    "eager-attention": Variant(attention="eager"),
-    "eager-layers": Variant(compiled_ops=False),
-    "eager-rotary": Variant(rotary=False),
+    "torch-dropout": Variant(off=("fast_dropout",)),
+    "peft-forward": Variant(off=("fused_lora",)),
+    "fp32-copies": Variant(off=("fused_lora",), skip_fp32_copies=False),
+    "sdpa-attention": Variant(off=("attention",)),
+    "eager-attention": Variant(off=("attention",), attention="eager"),
+    "eager-layers": Variant(off=("compiled_ops",)),
+    "eager-rotary": Variant(off=("rotary",)),
+    "kernels-off": Variant(off=tuple(KERNELS)),
     "fp32": Variant(bf16=False),
     "hone+compile": Variant(compiled=True),
 }
@@ -118,18 +116,6 @@ def lora_model(path: Path, dtype: torch.dtype) -> Any:
     return get_peft_model(load_model(path, dtype=dtype), config).train()
 
 
-def set_dropout(model: Any, fast: bool) -> None:
-    if fast:
-        use_fast_dropout(model)
-        return
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
-            for name, dropout in dropouts.items():
-                if isinstance(dropout, FastDropout):
-                    dropouts[name] = nn.Dropout(dropout.p)
-
-
 def span_loss(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, skip_copies: bool) -> Any:
     """hone's previous loss: the model's own head from the first labelled position on."""
     first = label_span(labels)
@@ -150,21 +136,15 @@ def compiled_model(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def configured(model: Any, v: Variant) -> Any:
-    """The model with the variant's dropout, LoRA forward and attention."""
-    set_dropout(model, v.fast_dropout)
-    with contextlib.ExitStack() as stack:
-        if v.fused_lora:
-            stack.enter_context(fused_lora(model))
-        if v.compiled_ops:
-            stack.enter_context(compiled_layers(model))
-        if v.attention == "hone":
-            stack.enter_context(cpu_attention(model))
-        else:
-            model.set_attn_implementation(v.attention)
-        if v.rotary:
-            stack.enter_context(fused_rotary(model))
-        yield model
+def configured(model: Any, v: Variant) -> Iterator[list[str]]:
+    """The model with the variant's kernels (hone.train.cpu) and attention; yields the kernels applied."""
+    before = model.get_base_model().config._attn_implementation
+    model.set_attn_implementation(v.attention)  # where hone's attention is off
+    try:
+        with cpu_kernels(model, [name for name in KERNELS if name not in v.off]) as applied:
+            yield applied
+    finally:
+        model.set_attn_implementation(before)
 
 
 def step(
@@ -203,8 +183,10 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
         for dtype, m in models.items()
     }
     warm_up: dict[str, float] = {}
+    kernels: dict[str, list[str]] = {}
     for name in variants:  # not timed with the rest: compilation happens here
-        with configured(models[dtype_of(name)], VARIANTS[name]) as model:
+        model = models[dtype_of(name)]
+        with configured(model, VARIANTS[name]) as kernels[name]:
             began = time.perf_counter()
             step(model, optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
             warm_up[name] = time.perf_counter() - began
@@ -212,7 +194,8 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
     losses: dict[str, float] = {}
     for number in range(rounds):
         for name in variants if number % 2 == 0 else variants[::-1]:
-            with configured(models[dtype_of(name)], VARIANTS[name]) as model:
+            model = models[dtype_of(name)]
+            with configured(model, VARIANTS[name]):
                 began = time.perf_counter()
                 for _ in range(steps):
                     losses[name] = step(model, optimizers[dtype_of(name)], inputs, labels, VARIANTS[name])
@@ -227,6 +210,7 @@ def run(model_ref: str, variants: list[str], steps: int, rounds: int, batch: int
         "bf16": native,
         "seconds_per_step": per_step,
         "warm_up_seconds": warm_up,
+        "kernels": kernels,
         "rounds": seconds,
         "loss": losses,
         "hone_speedup": {name: per_step[name] / per_step["hone"] for name in variants if "hone" in per_step},

@@ -31,10 +31,9 @@ learning rate (1e-3), schedule (cosine, 5% warm-up) and examples per step (--bat
                 examples of similar length: train.group_by_length), on CPU each batch in one row without
                 padding, attended per example (train.padding_free; hone+padded pads them), assistant-only
                 labels, the LM head and its cross-entropy only on labelled positions in chunks
-                (hone.train.loss), and on CPU a cheaper LoRA dropout and each adapter added in place
-                (hone.train.fast_lora), grouped-head attention (hone.train.cpu_attention), the rotary
-                embedding half by half (hone.train.rotary) and compiled RMSNorm/SwiGLU
-                (hone.train.compiled_ops).
+                (hone.train.loss), and on CPU the kernels of hone.train.cpu (train.cpu_kernels: auto): a
+                cheaper LoRA dropout and each adapter added in place, grouped-head attention, the rotary
+                embedding half by half and compiled RMSNorm/SwiGLU (hone+kernels-off: none of them).
 
 Each configuration runs in a fresh process (peak memory is its own: peak RSS on CPU, the CUDA allocator's
 peak on GPU), in rounds ordered a,b,c then c,b,a, so drift in the machine's load hits all alike; the median
@@ -116,6 +115,7 @@ VARIANTS: dict[str, TrlRecipe | list[str]] = {
     "trl-tuned+packing+flex": replace(TUNED, layout="packing", attention="flex_attention"),  # CUDA only
     "hone+packing": ["train.packing=true"],
     "hone+padded": ["train.padding_free=false"],
+    "hone+kernels-off": ["train.cpu_kernels=off"],
     "hone+grouped-batches": ["train.group_by_length=true"],
     "hone+checkpointing": ["train.gradient_checkpointing=true"],
     "hone+bf16": ["train.precision=bf16"],
@@ -372,6 +372,7 @@ def run_hone(spec: dict[str, Any], overrides: list[str], meter: StepMeter) -> No
         hone.train.sft.callbacks = original  # type: ignore[assignment]
     meter.effective.update(
         layout=run.manifest.training.layout,
+        cpu_kernels=run.manifest.training.cpu_kernels,
         assistant_only_loss=True,
         max_length=MAX_LENGTH,
     )

@@ -18,7 +18,15 @@ from rich.text import Text
 
 from hone.config import HoneConfig
 from hone.errors import HoneError
-from hone.estimate import API_INPUT_PRICE, API_OUTPUT_PRICE, COMPLETION_TOKENS, METHODS, PROMPT_TOKENS
+from hone.estimate import (
+    API_INPUT_PRICE,
+    API_OUTPUT_PRICE,
+    CALIBRATED_CPU_MFU,
+    COMPLETION_TOKENS,
+    GPU_MFU,
+    METHODS,
+    PROMPT_TOKENS,
+)
 
 
 def output_console(stderr: bool = False) -> Console:
@@ -87,23 +95,28 @@ def data_check(
     overrides: Overrides = None,
     data_format: Annotated[str, typer.Option("--format", help="auto, messages, alpaca, ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
-    price_per_hour: Annotated[float, typer.Option(help="Machine price for the cost estimate.")] = 0.10,
+    price_per_hour: Annotated[
+        float | None,
+        typer.Option(help="Machine price, USD/hour, for the cost estimate; hone estimate's default."),
+    ] = None,
 ) -> None:
     """Every problem by file, line and field; lengths, duplicates, leakage, PII, cost. Exit 2 on errors."""
     from hone.data.check import run_data_check
     from hone.data.check_report import print_report
+    from hone.estimate_report import data_check_estimate
     from hone.models.resolve import resolve_model
 
     config = data_target_config(target, overrides)
     splits = {name: path for name in ("train", "validation", "test") if (path := getattr(config.data, name))}
+    model_path = resolve_model(config.model.reference)
     report = run_data_check(
         splits,
-        model_path=resolve_model(config.model.reference),
+        model_path=model_path,
         max_length=config.model.max_length,
         train=config.train,
-        price_per_hour=price_per_hour,
         fmt=data_format if data_format != "auto" else config.data.format,
     )
+    report.estimate = data_check_estimate(report, config.train, model_path, price_per_hour)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -299,7 +312,11 @@ def estimate(
         str, typer.Option(help="cpu (measured here) or h100, a100-80gb, l4, t4, ...")
     ] = "cpu",
     mfu: Annotated[
-        float | None, typer.Option(help="Share of peak FLOP/s; cpu 0.5 (fp32) or 0.09 (bf16), GPU 0.35.")
+        float | None,
+        typer.Option(
+            help=f"Share of peak FLOP/s; cpu {CALIBRATED_CPU_MFU['fp32']:g} (fp32) or "
+            f"{CALIBRATED_CPU_MFU['bf16']:g} (bf16), GPU {GPU_MFU:g}."
+        ),
     ] = None,
     price_per_hour: Annotated[float | None, typer.Option(help="Machine price, USD/hour.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence; 512 or the data's mean.")] = None,

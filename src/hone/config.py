@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.errors import HoneError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# hone's CPU training kernels (hone.train.cpu), in the order they are applied: train.cpu_kernels names them.
+CPU_KERNELS = ("fast_dropout", "fused_lora", "attention", "rotary", "compiled_ops")
 
 
 class Strict(BaseModel):
@@ -160,6 +163,13 @@ class TrainConfig(Strict):
         "transformers' sdpa. flex_attention (GPUs only: it has no backward on CPU) keeps packed examples "
         "apart with a block-sparse mask instead of a dense one: pair it with packing.",
     )
+    cpu_kernels: Literal["auto", "off"] | list[str] = Field(
+        "auto",
+        description="hone's CPU training kernels (hone.train.cpu). auto: each one that applies to the model "
+        "when training on CPU (none on GPUs); off: transformers' and PEFT's own layers throughout; or a list "
+        f"of some of: {', '.join(CPU_KERNELS)}. attention is what `attention: auto` means on CPU; without "
+        "it auto means sdpa. The training summary lists the kernels that ran.",
+    )
     group_by_length: bool = Field(
         False,
         description="Batch SFT and pretraining examples of similar length so batches carry little padding "
@@ -206,8 +216,29 @@ class TrainConfig(Strict):
             data = {**data, "adapter": {"kind": "lora", **data["adapter"]}}
         return data
 
+    @field_validator("cpu_kernels", mode="before")
+    @classmethod
+    def _known_kernels(cls, value: Any) -> Any:
+        """One name alone means a list of it; every listed name must be a kernel hone has."""
+        if isinstance(value, str) and value not in ("auto", "off"):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            unknown = [name for name in value if name not in CPU_KERNELS]
+            if unknown:
+                raise ValueError(
+                    f"unknown CPU kernel(s) {', '.join(map(repr, unknown))}; expected auto, off or a list of "
+                    f"some of: {', '.join(CPU_KERNELS)}"
+                )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        own_attention = isinstance(self.cpu_kernels, list) and "attention" in self.cpu_kernels
+        if own_attention and self.attention != "auto":
+            raise ValueError(
+                f"cpu_kernels lists attention (hone's CPU attention) but attention is {self.attention}; "
+                "set attention: auto, or leave attention out of cpu_kernels"
+            )
         if self.method == "rl" and not self.rl.reward:
             raise ValueError("rl.reward is required for method rl: 'file.py:function' or a reward-model run")
         if self.save_every and self.eval_every and self.keep_best and self.save_every % self.eval_every:
@@ -216,6 +247,14 @@ class TrainConfig(Strict):
                 "best validation step has a checkpoint; or set keep_best: false"
             )
         return self
+
+    def resolved_cpu_kernels(self) -> list[str]:
+        """The CPU kernels asked for, in the order they are applied: all under auto, none under off."""
+        if self.cpu_kernels == "auto":
+            return list(CPU_KERNELS)
+        if self.cpu_kernels == "off":
+            return []
+        return [name for name in CPU_KERNELS if name in self.cpu_kernels]
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

@@ -1,7 +1,7 @@
 """`hone estimate`'s arithmetic: time, memory and money of a fine-tuning run before any compute is spent.
 
-Every function here is pure arithmetic on stated assumptions (the README section "Estimate before
-training" lists them), with its formula in its docstring. It takes a `ModelShape` and a `Hardware`;
+Every function here is pure arithmetic on stated assumptions (docs/estimate.md lists
+them), with its formula in its docstring. It takes a `ModelShape` and a `Hardware`;
 reading a model's config, measuring this machine and counting a data file's tokens happen in
 `hone.estimate_report`.
 """
@@ -25,13 +25,12 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 QLORA_DEQUANT_FACTOR = 1.2  # assumption: dequantising NF4 weights adds ~20% to each base-weight matmul
 LOGIT_COPIES = 2  # the fp32 logits and their softmax, kept for the loss's backward
 OVERHEAD_BYTES = 1.0 * GIB  # assumption: framework, allocator slack (and the CUDA context on a GPU)
-# Share of the measured matmul rate that training reaches on CPU, by precision. fp32: about half (hone's
-# LoRA SFT of the quickstart ran at 0.47 of it, later 0.55: 5.41 s/step at 8 x ~200 tokens against 330
-# GFLOP/s on a 2-core machine). bf16 on AMX: the 1024x1024 matmul runs 10x faster than fp32 (3.3 TFLOP/s),
-# but a small model's step is then bound by everything that is not a large matmul: the same step took
-# 3.15 s, 0.09 of that rate, 2.68 s (0.106) after hone's CPU attention and fused kernels, and 2.2-2.4 s
-# (0.12) after the cheaper dropout, the in-place adapter add and the compiled loss (benchmarks/RESULTS.md).
-CPU_MFU = {"fp32": 0.5, "bf16": 0.12}
+# Calibrated input, not a law: the share of this machine's measured matmul rate that hone's training reaches
+# on CPU, by precision. Derived from training throughput measured on a 2-core Xeon (fp32: 0.55 at 5.41
+# s/step, rounded down; bf16 on AMX: 0.12 at 2.41 s/step, a small model's step being bound by everything
+# that is not a large matmul). The measurements and the derivation are in benchmarks/RESULTS.md, section
+# "hone estimate's CPU calibration": re-derive the value there when hone's CPU training speed changes.
+CALIBRATED_CPU_MFU = {"fp32": 0.5, "bf16": 0.12}
 GPU_MFU = 0.35  # a typical single-GPU fine-tuning utilisation of the datasheet peak
 CPU_PRICE_PER_HOUR = 0.10  # assumption: a small cloud VM of this machine's size
 HOURS_PER_MONTH = 730  # 24 * 365 / 12: a machine kept up all month

@@ -11,16 +11,16 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hone.errors import HoneError
 from hone.estimate import (
     AMORTISE_MONTHS,
     API_INPUT_PRICE,
     API_OUTPUT_PRICE,
+    CALIBRATED_CPU_MFU,
     CHARS_PER_TOKEN,
     COMPLETION_TOKENS,
-    CPU_MFU,
     CPU_PRICE_PER_HOUR,
     DEFAULT_SEQ_LEN,
     DEFAULT_TOKENS,
@@ -40,6 +40,10 @@ from hone.estimate import (
     serving_throughput,
     shape_from_config,
 )
+
+if TYPE_CHECKING:
+    from hone.config import TrainConfig
+    from hone.data.check import DataReport
 
 
 def measure_matmul_flops(size: int = 1024, seconds: float = 1.5, dtype: Any = None) -> float:
@@ -102,7 +106,7 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
     return Hardware(
         name="cpu",
         flops=flops,
-        mfu=mfu or CPU_MFU[precision],
+        mfu=mfu or CALIBRATED_CPU_MFU[precision],
         memory=total_memory(),
         bandwidth=measure_bandwidth(),
         price_per_hour=CPU_PRICE_PER_HOUR if price_per_hour is None else price_per_hour,
@@ -153,19 +157,11 @@ def model_shape(reference: str) -> ModelShape:
     text_config = getattr(config, "text_config", None) or config
     exact = None
     if text_config.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
+        from hone.models.parameters import count_parameters_on_meta
+
         exact = count_parameters_on_meta(config)
     shape = shape_from_config(text_config.to_dict(), exact)
     return ModelShape(**{**asdict(shape), "basis": f"{reference}: {shape.basis}"})
-
-
-def count_parameters_on_meta(config: Any) -> int:
-    """The exact count of any architecture: build it on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def count_data_tokens(path: Path, reference: str) -> dict[str, Any]:
@@ -204,7 +200,7 @@ def count_data_tokens(path: Path, reference: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EstimateOptions:
-    """What `hone estimate` was asked; the README's "Estimate before training" documents every default."""
+    """What `hone estimate` was asked; docs/estimate.md documents every default."""
 
     model: str = "smollm2-135m-instruct"
     methods: tuple[str, ...] = METHODS
@@ -296,6 +292,45 @@ def run_estimate(options: EstimateOptions) -> dict[str, Any]:
             method: break_even(*api, per_hour, machine.price_per_hour, result["cost"])
             for method, result in methods.items()
         },
+    }
+
+
+def data_check_estimate(
+    report: DataReport, train: TrainConfig, model: Path, price_per_hour: float | None = None
+) -> dict[str, Any]:
+    """`hone estimate`'s time and cost of training on a checked data set with this config on this machine:
+    the same call (run_estimate) on the train split's tokens, the planned epochs, the config's method, LoRA
+    rank and batch size, and sequences of the examples' mean length (as `--data`), so `hone data check` and
+    `hone estimate` give one figure. Empty without a train split or when it holds no tokens."""
+    from hone.data.check import planned_epochs
+
+    split = next((split for split in report.splits if split.name == "train"), None)
+    if split is None or not split.token_lengths.get("total") or not split.examples:
+        return {}
+    options = EstimateOptions(
+        model=str(model),
+        methods=(train.adapter.kind,),
+        tokens=str(int(split.token_lengths["total"])),
+        epochs=planned_epochs(train, split.examples),
+        price_per_hour=price_per_hour,
+        seq_len=max(1, round(split.token_lengths["mean"])),
+        batch_size=train.batch_size,
+        lora_r=getattr(train.adapter, "r", EstimateOptions.lora_r),  # full fine-tuning has no rank
+    )
+    estimate = run_estimate(options)
+    method, machine, tokens = options.methods[0], estimate["hardware"], estimate["tokens"]
+    result = estimate["methods"][method]
+    return {
+        "training_tokens": tokens["total"],
+        "epochs": options.epochs,
+        "method": method,
+        "tokens_per_second": tokens["total"] / result["seconds"] if result["seconds"] else 0.0,
+        "seconds": result["seconds"],
+        "cost": result["cost"],
+        "price_per_hour": machine["price_per_hour"],
+        "fits": result["fits"],
+        "basis": f"hone estimate: {method}, batch {tokens['batch_size']} x {tokens['seq_len']} tokens; "
+        f"{machine['basis']}, MFU {machine['mfu']:.2f}",
     }
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from hone import contract
 from hone.config import HoneConfig
+from hone.contract import TrainingMetrics, TrainingSummary
 from hone.runs import RunFolder
 from hone.track import default_tracking_uri, log_run, mlflow_key
 
@@ -25,11 +27,18 @@ HISTORY = [
     {"step": 10, "epoch": 0.12, "eval_loss": 0.31, "eval/runtime (s)": 2.5},
     {"step": 15, "epoch": 0.18, "loss": 0.2, "learning_rate": 0.00025, "grad_norm": 0.2, "note": "text"},
 ]
-METRICS = {
-    "base": {"json_valid": 0.0, "exact_match": 0.0, "field_accuracy": {"category": 0.1}},
-    "fine-tuned": {"json_valid": 1.0, "exact_match": 0.875, "field_accuracy": {"category": 0.95}},
-    "training": {"steps": 15, "train_loss": 0.4, "packed": True, "label": "x"},
-}
+TRAINING = TrainingSummary(
+    steps=15,
+    train_loss=0.4,
+    seconds=12.5,
+    trained_tokens=3000,
+    truncated_examples=0,
+    distributed="NO",
+    precision="bf16",
+    attention="sdpa",
+    layout="padded",
+)
+HEADLINE = {"json_valid": 1.0, "exact_match": 0.875, "category_accuracy": 0.95}  # from the run's evaluation
 
 
 def make_run(root: Path, name: str, finished: bool = True) -> RunFolder:
@@ -42,10 +51,15 @@ def make_run(root: Path, name: str, finished: bool = True) -> RunFolder:
     run = RunFolder.create(HoneConfig.model_validate(config))
     if finished:
         (run.path / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in HISTORY))
-        (run.path / "metrics.json").write_text(json.dumps(METRICS))
+        contract.write(TrainingMetrics(training=TRAINING), run.path / "metrics.json")
         (run.path / "adapter").mkdir()
         (run.path / "adapter" / "adapter_config.json").write_text('{"r": 8}')
-        run.update(dataset={"hash": "d" * 64}, artifacts={"weights": "adapter"})
+        run.update(
+            dataset={"hash": "d" * 64, "splits": {}},
+            training=TRAINING,
+            metrics=HEADLINE,
+            artifacts={"weights": "adapter"},
+        )
         run.finish("completed")
     return run
 
@@ -122,11 +136,11 @@ def test_history_is_logged_at_its_steps(store: dict[str, Any]) -> None:
 
 def test_final_scores_are_flattened_numbers(store: dict[str, Any]) -> None:
     metrics = store["client"].get_run(store["run_id"]).data.metrics
-    assert metrics["fine-tuned.exact_match"] == 0.875
-    assert metrics["base.json_valid"] == 0.0
-    assert metrics["fine-tuned.field_accuracy.category"] == 0.95
-    assert metrics["training.steps"] == 15
-    assert "training.packed" not in metrics and "training.label" not in metrics and "note" not in metrics
+    assert metrics["exact_match"] == 0.875
+    assert metrics["json_valid"] == 1.0
+    assert metrics["category_accuracy"] == 0.95
+    assert metrics["training.steps"] == 15 and metrics["training.train_loss"] == 0.4
+    assert "training.precision" not in metrics and "training.layout" not in metrics, "only numbers"
 
 
 def test_tags_name_and_status(store: dict[str, Any]) -> None:
@@ -149,7 +163,8 @@ def test_artifacts_are_copied_next_to_the_database(store: dict[str, Any]) -> Non
 
 def test_manifest_records_the_tracking_run(store: dict[str, Any]) -> None:
     tracking = store["manifest"].tracking
-    assert tracking == {"uri": store["uri"], "experiment": "hone", "run_id": store["run_id"]}
+    assert tracking is not None
+    assert tracking.model_dump() == {"uri": store["uri"], "experiment": "hone", "run_id": store["run_id"]}
 
 
 def test_logging_again_makes_a_new_run_in_the_same_experiment(store: dict[str, Any]) -> None:

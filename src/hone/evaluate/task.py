@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hone.errors import HoneError
 from hone.evaluate.generate import Generation, generate_chat
+from hone.progress import StepProgress
 
 
 @dataclass
@@ -46,16 +46,8 @@ def answer_all(
     batch_size: int,
     console: Console,
 ) -> Answers:
-    """Greedy answers to every prompt, batched, with a progress bar named after the rung."""
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=len(prompts))
+    """Greedy answers to every prompt, batched, with progress shown under the rung's name."""
+    with StepProgress(console, label, len(prompts), transient=True) as progress:
         began = time.perf_counter()
         generations = generate_chat(
             model,
@@ -63,7 +55,7 @@ def answer_all(
             prompts,
             max_new_tokens,
             batch_size,
-            on_batch=lambda n: progress.advance(task, n),
+            on_batch=progress.advance,
         )
         seconds = time.perf_counter() - began
     console.print(f"  {label}: {len(prompts)} answers in {seconds:.0f} s")

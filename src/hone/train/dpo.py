@@ -141,7 +141,9 @@ def train_dpo(
         callbacks=callbacks(config, console, validating, config.train.method),
     )
     truncated = prepare_lengths(config, trainer, console, len(train_examples), len(validation_examples))
-    result = fit(trainer, run, config.train.adapter.kind, resume, truncated, setup.attention)
+    result = fit(
+        trainer, run, config.train.adapter.kind, resume, truncated, setup.attention, kernels=setup.cpu_kernels
+    )
     # TRL's implicit reward is beta * (policy - reference) log-probability of a reply.
     show_ranking(console, trainer.state.log_history, "eval_rewards/accuracies", "eval_rewards/margins")
     return result

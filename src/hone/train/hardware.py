@@ -36,7 +36,8 @@ def precision_choice(train: TrainConfig, device: str) -> Choice:
     return Choice("fp32", "CPU without AMX or AVX512-BF16: bf16 would be emulated, ~15x slower than fp32")
 
 
-# What attention_choice's `auto` means on CPU: hone.train.cpu_attention where the model family allows it.
+# What attention_choice's `auto` means on CPU with the attention kernel of train.cpu_kernels:
+# hone.train.cpu.attention where the model family allows it.
 CPU_ATTENTION = "hone"
 
 
@@ -48,11 +49,32 @@ def attention_choice(train: TrainConfig, device: str) -> Choice:
         )
     if train.attention != "auto":
         return Choice(train.attention, "set in the config")
-    if device == "cpu":
+    if device == "cpu" and "attention" in train.resolved_cpu_kernels():
         return Choice(
             CPU_ATTENTION, "CPU: grouped query heads without fp32 round trips, where the model family allows"
         )
+    if device == "cpu":
+        without = "off" if train.cpu_kernels == "off" else "without attention"
+        return Choice(
+            "sdpa", f"CPU, train.cpu_kernels {without}: torch's scaled_dot_product_attention (transformers')"
+        )
     return Choice("sdpa", "GPU: torch's scaled_dot_product_attention (transformers' default)")
+
+
+def cpu_kernels_choice(train: TrainConfig, device: str, attention: str) -> Choice:
+    """hone's CPU kernels to try (hone.train.cpu); each applies only where the model allows it."""
+    if device != "cpu":
+        return Choice([], "GPU: hone's kernels are for CPU; transformers' and PEFT's own layers train")
+    if train.cpu_kernels == "off":
+        return Choice([], "set in the config: transformers' and PEFT's own layers train")
+    own_attention = attention == CPU_ATTENTION
+    names = [name for name in train.resolved_cpu_kernels() if name != "attention" or own_attention]
+    if train.cpu_kernels != "auto":
+        return Choice(names, "set in the config")
+    reason = "CPU: each where it applies to the model; the training summary lists those that ran"
+    if attention != CPU_ATTENTION:
+        reason += f" (attention: {attention}, as set in the config)"
+    return Choice(names, reason)
 
 
 def padding_free_choice(train: TrainConfig, device: str, attention: str) -> Choice:

@@ -198,6 +198,7 @@ def training_summary(result: TrainResult) -> TrainingSummary:
         precision=result.precision,
         attention=result.attention,
         layout=result.layout,
+        cpu_kernels=result.cpu_kernels,
     )
 
 

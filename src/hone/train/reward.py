@@ -63,7 +63,9 @@ def train_reward(
     if config.train.adapter.kind == "qlora":
         restore_head_dtype(trainer.model, setup.dtype)
     left_out = count_left_out(config, trainer, console, len(train_examples))
-    result = fit(trainer, run, config.train.adapter.kind, resume, left_out, setup.attention)
+    result = fit(
+        trainer, run, config.train.adapter.kind, resume, left_out, setup.attention, kernels=setup.cpu_kernels
+    )
     show_ranking(console, trainer.state.log_history, "eval_accuracy", "eval_margin")
     return result
 

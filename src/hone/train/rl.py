@@ -239,7 +239,7 @@ def train_rl(
     model = load_base(model_path, setup, quantized=adapter.kind == "qlora", trained=adapter.kind == "full")
     peft = lora_config(adapter, "CAUSAL_LM") if isinstance(adapter, LoraAdapter) else None
     trainer = make_trainer(config, model, peft, reward, tokenizer, train_set, eval_set, run, setup, console)
-    return fit(trainer, run, adapter.kind, resume, too_long, setup.attention)
+    return fit(trainer, run, adapter.kind, resume, too_long, setup.attention, kernels=setup.cpu_kernels)
 
 
 def make_trainer(

@@ -7,10 +7,10 @@ the rest to these functions, so a fix to checkpointing or early stopping reaches
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,12 +25,9 @@ from hone.models.resolve import load_model, torch_dtype
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
-from hone.train.compiled_ops import compiled_layers
-from hone.train.cpu_attention import NAME as CPU_ATTENTION_NAME
-from hone.train.cpu_attention import cpu_attention
-from hone.train.fast_lora import fused_lora, use_fast_dropout
+from hone.train.cpu import cpu_kernels
+from hone.train.cpu.attention import NAME as CPU_ATTENTION_NAME
 from hone.train.progress import RichProgress
-from hone.train.rotary import fused_rotary
 
 Head = Literal["causal", "score"]
 
@@ -50,6 +47,7 @@ class TrainResult:
     attention: str = "sdpa"  # the attention kernel training ran (transformers' name, or hone's)
     layout: str = "padded"  # how a step's examples were laid out: padded, padding-free or packed
     best_metric: dict[str, float] | None = None  # {name: value} that chose the kept checkpoint
+    cpu_kernels: list[str] = field(default_factory=list)  # hone's CPU kernels that ran (hone.train.cpu)
 
 
 @dataclass
@@ -74,6 +72,12 @@ class Setup:
     def attention(self) -> str:
         """The attention kernel: transformers' name, or hardware.CPU_ATTENTION (hone's, applied by `fit`)."""
         return str(self.choices["attention"].value)
+
+    @property
+    def cpu_kernels(self) -> list[str]:
+        """hone's CPU kernels to try while training (hone.train.cpu); none where the choice was not made."""
+        choice = self.choices.get("cpu kernels")
+        return list(choice.value) if choice and isinstance(choice.value, list) else []
 
     @property
     def padding_free(self) -> bool:
@@ -122,13 +126,15 @@ def choose(config: HoneConfig, console: Console) -> Setup:
             "gradient checkpointing": hardware.checkpointing_choice(train, device.value),
             "attention": attention,
             "padding-free batches": hardware.padding_free_choice(train, device.value, attention.value),
+            "cpu kernels": hardware.cpu_kernels_choice(train, str(device.value), str(attention.value)),
             "learning rate": hardware.learning_rate_choice(train),
         }
     )
     if process_state().is_main_process:
         console.print("[bold]Training choices[/]")
         for name, choice in setup.choices.items():
-            console.print(f"  [cyan]{name}[/]: {choice.value}  [dim]({choice.reason})[/]")
+            shown = (", ".join(choice.value) or "none") if isinstance(choice.value, list) else choice.value
+            console.print(f"  [cyan]{name}[/]: {shown}  [dim]({choice.reason})[/]")
     return setup
 
 
@@ -286,27 +292,24 @@ def fit(
     truncated: int = 0,
     attention: str = hardware.CPU_ATTENTION,
     layout: str = "padded",
+    kernels: Sequence[str] = (),
 ) -> TrainResult:
     """Train (from a checkpoint when resuming), then write the loss history and the final weights.
 
-    `attention` is the setup's choice: on CPU, hone's own (hone.train.cpu_attention) only when it is
-    hardware.CPU_ATTENTION; a kernel named in the config stays as loaded. `layout` is recorded as given."""
+    `kernels` are the setup's CPU kernels (hone.train.cpu), applied on CPU for the length of training
+    only; hone's attention among them only when `attention`, the setup's choice, is hardware.CPU_ATTENTION
+    (a kernel named in the config stays as loaded). `layout` is recorded as given."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
     progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RichProgress))
-    used = trainer.model.config._attn_implementation
-    with contextlib.ExitStack() as cpu_kernels:
-        if trainer.args.use_cpu:  # each measured in benchmarks/lora_step.py
-            use_fast_dropout(trainer.model)  # LoRA dropout with a cheaper random source
-            cpu_kernels.enter_context(fused_lora(trainer.model))  # adapter output added in place
-            own = attention == hardware.CPU_ATTENTION
-            if own and cpu_kernels.enter_context(cpu_attention(trainer.model)):  # hone.train.cpu_attention
-                used = CPU_ATTENTION_NAME
-            cpu_kernels.enter_context(fused_rotary(trainer.model))  # rotary embedding in one node
-            cpu_kernels.enter_context(compiled_layers(trainer.model))  # fused RMSNorm and SwiGLU
+    loaded = trainer.model.config._attn_implementation
+    own = attention == hardware.CPU_ATTENTION
+    wanted = [name for name in kernels if own or name != "attention"] if trainer.args.use_cpu else []
+    with cpu_kernels(trainer.model, wanted) as applied:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    used = CPU_ATTENTION_NAME if "attention" in applied else loaded
     state = trainer.state
     best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward
     eval_loss = state.best_metric if trainer.args.load_best_model_at_end and best_is_loss else None
@@ -331,6 +334,7 @@ def fit(
         precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         attention=str(used),
         layout=layout,
+        cpu_kernels=applied,
         best_metric={str(trainer.args.metric_for_best_model): float(state.best_metric)}
         if trainer.args.load_best_model_at_end and state.best_metric is not None
         else None,

@@ -19,8 +19,8 @@ from hone.data.tokenize import tokenize_chat
 from hone.errors import HoneError
 from hone.models.templates import training_chat_template
 from hone.runs import RunFolder
+from hone.train.cpu.swap import language_model
 from hone.train.setup import Setup, TrainResult, build_model, callbacks, choose, fit, trainer_arguments
-from hone.train.swap import language_model
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class PackedCollator:
 def padding_free(config: HoneConfig, setup: Setup, model: Any) -> bool:
     """Whether a step's examples go in one row without padding (TRL's padding-free collator: restarting
     position ids and the sequence boundaries). Under `auto` that is where hone's CPU attention trains the
-    model, which keeps the examples apart at the cost of padded rows (hone.train.cpu_attention.Segments)
+    model, which keeps the examples apart at the cost of padded rows (hone.train.cpu.attention.Segments)
     while everything else in the step skips the padding (6% of a padded batch's positions on the example
     task), so a model family it does not cover stays padded."""
-    from hone.train.cpu_attention import supported
+    from hone.train.cpu.attention import supported
 
     if not setup.padding_free:
         return False
@@ -158,4 +158,6 @@ def fit_language_model(
         data_collator=collator,
         callbacks=callbacks(config, console, validating, config.train.method),
     )
-    return fit(trainer, run, config.train.adapter.kind, resume, truncated, setup.attention, layout)
+    return fit(
+        trainer, run, config.train.adapter.kind, resume, truncated, setup.attention, layout, setup.cpu_kernels
+    )

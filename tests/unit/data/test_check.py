@@ -7,6 +7,7 @@ import pytest
 
 from hone.config import TrainConfig
 from hone.data.check import planned_epochs, run_data_check
+from hone.estimate_report import data_check_estimate
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "support-tickets"
 
@@ -29,19 +30,21 @@ def distinct_rows(count: int, prefix: str = "ticket") -> list[dict]:
 
 
 def check(tiny_model_dir: Path, splits: dict[str, Path], **train: object):
-    return run_data_check(splits, tiny_model_dir, 100, TrainConfig(**train), price_per_hour=1.0)
+    return run_data_check(splits, tiny_model_dir, 100, TrainConfig(**train))
 
 
 def test_clean_example_task_has_no_problems(tiny_model_dir: Path) -> None:
     splits = {name: EXAMPLE / f"{name}.jsonl" for name in ("train", "validation", "test")}
-    report = run_data_check(splits, tiny_model_dir, 512, TrainConfig(epochs=2), price_per_hour=1.0)
+    report = run_data_check(splits, tiny_model_dir, 512, TrainConfig(epochs=2))
     assert report.error_count == 0, report.to_dict()
     train = report.splits[0]
     assert train.examples == 600 and train.format == "chat"
     assert 150 < train.token_lengths["median"] < 250
     assert train.truncation_rate == 0.0
-    assert report.estimate["training_tokens"] == int(train.token_lengths["total"] * 2)
-    assert report.estimate["seconds"] > 0
+    assert report.estimate == {}  # the time and cost are hone estimate's, added above the data stage
+    estimate = data_check_estimate(report, TrainConfig(epochs=2), tiny_model_dir)
+    assert estimate["training_tokens"] == int(train.token_lengths["total"] * 2)
+    assert estimate["epochs"] == 2 and estimate["seconds"] > 0
 
 
 def test_leakage_duplicates_pii_and_truncation(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -81,11 +84,34 @@ def test_planned_epochs_prefers_max_steps() -> None:
     assert planned_epochs(TrainConfig(max_steps=25, batch_size=8), 100) == pytest.approx(2.0)
 
 
-def test_compiled_renderer_matches_apply_chat_template(tokenizer) -> None:
-    from hone.data.check import compiled_renderer
-    from hone.models.templates import PROBE_CHATS, training_chat_template
+@pytest.mark.parametrize("adapter", [{"kind": "lora", "r": 8}, {"kind": "full"}])
+def test_estimate_is_hone_estimates_figure(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, adapter: dict
+) -> None:
+    """`hone data check` and `hone estimate --data` give one time and cost for the same data and settings."""
+    from hone import estimate_report
+    from hone.estimate_report import EstimateOptions, run_estimate
 
-    template = training_chat_template(tokenizer)
-    render = compiled_renderer(tokenizer, template)
-    for chat in PROBE_CHATS:
-        assert render(chat) == tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
+    # the machine is measured afresh by each call; fix its rates so both see the same machine
+    monkeypatch.setattr(estimate_report, "measure_matmul_flops", lambda **_: 2e11)
+    monkeypatch.setattr(estimate_report, "measure_bandwidth", lambda **_: 1e10)
+    train = write(tmp_path / "train.jsonl", distinct_rows(60))
+    config = TrainConfig(epochs=3, batch_size=2, adapter=adapter)
+    report = run_data_check({"train": train}, tiny_model_dir, 512, config)
+    report.estimate = data_check_estimate(report, config, tiny_model_dir, price_per_hour=2.5)
+    method = adapter["kind"]
+    options = EstimateOptions(
+        model=str(tiny_model_dir),
+        methods=(method,),
+        data=train,
+        epochs=3,
+        price_per_hour=2.5,
+        batch_size=2,
+        lora_r=adapter.get("r", 16),
+    )
+    expected = run_estimate(options)
+    assert report.estimate["method"] == method
+    assert report.estimate["training_tokens"] == expected["tokens"]["total"]
+    assert report.estimate["seconds"] == pytest.approx(expected["methods"][method]["seconds"], rel=1e-12)
+    assert report.estimate["cost"] == pytest.approx(expected["methods"][method]["cost"], rel=1e-12)
+    assert report.estimate["seconds"] > 0

@@ -2,14 +2,25 @@ from __future__ import annotations
 
 import torch
 
-from hone.data.packing import best_fit_bins, collate_packed, pack
+from hone.data.packing import collate_packed, pack
 from hone.data.tokenize import IGNORE_INDEX, tokenize_text, truncate
 
 
 def test_best_fit_decreasing_hand_computed() -> None:
-    # capacity 10: 7 opens bin 0, 6 opens bin 1, 4 fits bin 1 (space 4), 3 fits bin 0, 2 opens bin 2
-    assert best_fit_bins([3, 7, 2, 6, 4], 10) == [[1, 0], [3, 4], [2]]
-    assert best_fit_bins([], 10) == []
+    # capacity 10: 7 opens row 0, 6 opens row 1, 4 fits row 1 (space 4), 3 fits row 0, 2 opens row 2
+    examples = [{"input_ids": [n] * n, "labels": [n] * n} for n in (3, 7, 2, 6, 4)]
+    rows = pack(examples, capacity=10)
+    assert [row.input_ids for row in rows] == [[7] * 7 + [3] * 3, [6] * 6 + [4] * 4, [2, 2]]
+    assert rows[0].position_ids == [*range(7), *range(3)]
+    assert pack([], 10) == []
+
+
+def test_pack_truncates_long_examples_and_packs_the_whole_set_at_once() -> None:
+    [row] = pack([{"input_ids": list(range(12)), "labels": list(range(12))}], capacity=8)
+    assert row.input_ids == list(range(8)) and row.position_ids == list(range(8))
+    # 1,002 examples of 3 tokens fill 334 rows of 9; packed in TRL's default batches of 1,000 they took 335
+    rows = pack([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}] * 1002, capacity=10)
+    assert len(rows) == 334
 
 
 def test_pack_restarts_positions_and_never_labels_across_examples() -> None:

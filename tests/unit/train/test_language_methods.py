@@ -202,7 +202,8 @@ def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
     small_task: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hone.train import compiled_ops, sft
+    from hone.train import sft
+    from hone.train.cpu import compiled as compiled_ops
 
     spy = KernelSpy()
     shared = sft.callbacks
@@ -216,6 +217,9 @@ def test_cpu_training_runs_hone_s_kernels_and_hands_back_plain_modules(
     assert KernelSpy.kernels(spy.model) == ("sdpa", 0)  # as transformers and PEFT made it
     assert run.manifest.training.attention == "hone_cpu"
     assert run.manifest.training.layout == "padding-free"
+    compiled = ["compiled_ops"] if compiled_ops.inductor_works() else []
+    ran = ["fast_dropout", "fused_lora", "attention", "rotary", *compiled]
+    assert run.manifest.training.cpu_kernels == ran
 
 
 def test_padding_free_and_padded_runs_count_the_same_trained_tokens(
@@ -241,7 +245,8 @@ def test_an_attention_kernel_named_in_the_config_is_the_one_that_trains(
     monkeypatch: pytest.MonkeyPatch,
     attention: str,
 ) -> None:
-    from hone.train import compiled_ops, sft
+    from hone.train import sft
+    from hone.train.cpu import compiled as compiled_ops
 
     spy = KernelSpy()
     shared = sft.callbacks
@@ -257,3 +262,4 @@ def test_an_attention_kernel_named_in_the_config_is_the_one_that_trains(
     # the configured attention while training, hone's other CPU kernels still on
     assert spy.seen and all(seen == (attention, 7 * 2 + fused) for seen in spy.seen)
     assert f"attention: {attention}  (set in the config)" in console.export_text()
+    assert "attention" not in run.manifest.training.cpu_kernels

@@ -4,7 +4,6 @@ back as a scorer, and after training it ranks the chosen reply over the rejected
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from toy_preferences import assert_saved_as_trained, completed_two_steps, prefer
 from hone.config import HoneConfig
 from hone.errors import HoneError
 from hone.models.resolve import load_tokenizer
+from hone.runs import RunFolder
 from hone.train import hardware, reward
 from hone.train.pipeline import run_training
 from hone.train.reward import load_reward_model, score_texts
@@ -134,9 +134,8 @@ def test_scores_do_not_depend_on_the_batch(tmp_path: Path, tiny_model_dir: Path)
 
 
 def test_load_reward_model_refuses_another_method(tmp_path: Path) -> None:
-    folder = tmp_path / "sft-run"
-    folder.mkdir()
-    manifest = {"method": "sft", "status": "completed", "artifacts": {"weights": "adapter"}}
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    config = HoneConfig.model_validate({"data": {"train": "t.jsonl"}, "run": {"dir": str(tmp_path)}})
+    run = RunFolder.create(config, name="sft-run")
+    run.update(method="sft", status="completed", artifacts={"weights": "adapter"})
     with pytest.raises(HoneError, match="not a completed reward-model run"):
-        load_reward_model(folder)
+        load_reward_model(run.path)

@@ -1,4 +1,4 @@
-"""hone.train.cpu_attention: the same attention as transformers' eager one, in value and gradient, on
+"""hone.train.cpu.attention: the same attention as transformers' eager one, in value and gradient, on
 grouped heads with padding and with a KV cache; padding-free rows attend within each example; switched on
 only inside its block."""
 
@@ -12,7 +12,7 @@ import torch
 from transformers.masking_utils import eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from hone.train.cpu_attention import NAME, Segments, cpu_attention, grouped_attention
+from hone.train.cpu.attention import NAME, Segments, cpu_attention, grouped_attention
 
 
 class Heads(torch.nn.Module):
@@ -55,6 +55,16 @@ def test_grouped_attention_in_bf16_stays_within_bf16_rounding_of_fp32() -> None:
     half, _ = grouped_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16(), 0.25)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), exact, atol=3e-2, rtol=3e-2)
+
+
+def test_a_row_whose_keys_are_all_masked_stays_finite_in_bf16() -> None:
+    """A sliding window over padding masks every key of a padded query; fp32's mask in bf16 is -inf."""
+    module = Heads(2).eval()
+    q, k, v = (torch.randn(1, h, 6, 8).bfloat16() for h in (4, 2, 2))
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., 5, :] = torch.finfo(torch.float32).min  # the last query sees no key
+    output, _ = grouped_attention(module, q, k, v, mask, 0.3)
+    assert output.dtype == torch.bfloat16 and torch.isfinite(output).all()
 
 
 def separately(query, key, value, starts: list[int], scaling: float, window: int | None = None):
@@ -114,7 +124,7 @@ def test_layers_with_and_without_a_sliding_window_get_their_own_masks() -> None:
 def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_model_dir: Path) -> None:
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from hone.train import cpu_attention as module
+    from hone.train.cpu import attention as module
     from hone.train.trainer import labelled_loss
 
     model = language_model(tiny_model_dir).train()
@@ -131,10 +141,12 @@ def test_a_padding_free_batch_gives_the_padded_batch_s_loss_and_gradients(tiny_m
         model.zero_grad()
         with cpu_attention(model):
             total, count, _ = labelled_loss(model, batch, labels)
+            cached = module.Segments._cache
         total.backward()
         results.append((total.detach(), int(count), [p.grad.clone() for p in model.parameters()]))
     (padded, padded_count, padded_grads), (free, free_count, free_grads) = results
-    (layout,) = module.Segments._cache[1].values()  # the padding-free row went through the layout
+    assert cached is not None and module.Segments._cache is None  # the batch's layouts go with the block
+    (layout,) = cached[1].values()  # the padding-free row went through the layout
     assert (layout.count, layout.longest, layout.total) == (4, 16, 41)
     assert free_count == padded_count == sum(n - n // 2 for n in (9, 16, 4, 12))
     torch.testing.assert_close(free, padded, atol=1e-4, rtol=1e-5)

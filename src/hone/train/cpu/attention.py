@@ -19,13 +19,15 @@ whole row that transformers' block-diagonal mask gives (packed examples never se
 
 It is registered with transformers' attention and mask interfaces (the additive float mask of eager) and
 switched on only around training for model types whose attention is plain scaled dot-product (no logit
-soft-capping, no attention sinks): `cpu_attention(model)`.
+soft-capping, no attention sinks) and layer kinds (full and sliding-window attention):
+`cpu_attention(model)`. The registration and the model's attention implementation come back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,13 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hone.train.swap import language_model
+from hone.train.cpu.swap import language_model, shared_swap
+
+logger = logging.getLogger(__name__)
 
 NAME = "hone_cpu"
 
 # Model types whose attention modules hand the attention function nothing beyond query/key/value, an
 # additive mask, the scale and dropout (the mask carries any sliding window).
 PLAIN_ATTENTION = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
+
+# The kinds of layer (config.layer_types) whose mask is eager's additive one, with any window in it.
+LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 
 
 def grouped_attention(
@@ -64,7 +71,11 @@ def grouped_attention(
     stacked = (query * scaling).reshape(batch, kv_heads, groups * length, dim)
     scores = torch.matmul(stacked, key.transpose(2, 3))
     if attention_mask is not None:
-        mask = attention_mask[:, :, None, :, :kv_length].to(scores.dtype)  # (batch, 1, 1, length, kv)
+        mask = attention_mask[:, :, None, :, :kv_length]  # (batch, 1, 1, length, kv)
+        # fp32's lowest value rounds to -inf in bf16, and a row whose keys are all masked (a sliding window
+        # over padding) would softmax to NaN: clamp it to bf16's lowest first, as eager's fp32 sum keeps it.
+        if mask.dtype != scores.dtype:
+            mask = mask.clamp(min=torch.finfo(scores.dtype).min).to(scores.dtype)
         scores = (scores.view(batch, kv_heads, groups, length, kv_length) + mask).view_as(scores)
     weights = torch.softmax(scores, dim=-1)
     if dropout and module.training:
@@ -149,18 +160,40 @@ class Segments:
         return _Gathered.apply(slots, self.rows, self.slots_or_end, True).view(1, self.total, heads, dim)
 
 
-def register() -> None:
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """grouped_attention and eager's mask under NAME in transformers' registries, for the block.
+
+    The registries are process-wide dicts (transformers' `_global_mapping`); the entries go again when the
+    last block using them ends.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    AttentionInterface.register(NAME, grouped_attention)
-    AttentionMaskInterface.register(NAME, eager_mask)
+    with (
+        shared_swap(AttentionInterface._global_mapping, NAME, grouped_attention),
+        shared_swap(AttentionMaskInterface._global_mapping, NAME, eager_mask),
+    ):
+        yield
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why grouped_attention cannot train this (transformers) model, or None where it can."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "model_type", None)
+    if family not in PLAIN_ATTENTION:
+        known = ", ".join(sorted(PLAIN_ATTENTION))
+        return f"model type {family!r} is not one whose attention it computes ({known})"
+    if not hasattr(model, "set_attn_implementation"):
+        return f"{type(model).__name__} cannot switch its attention implementation"
+    unknown = sorted(set(getattr(config, "layer_types", None) or []) - LAYER_TYPES)
+    if unknown:
+        return f"layer types {', '.join(unknown)} are not ones it computes ({', '.join(sorted(LAYER_TYPES))})"
+    return None
 
 
 def supported(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    plain = getattr(config, "model_type", None) in PLAIN_ATTENTION
-    return plain and hasattr(model, "set_attn_implementation")
+    return unsupported(model) is None
 
 
 @contextlib.contextmanager
@@ -168,16 +201,23 @@ def cpu_attention(model: nn.Module) -> Iterator[bool]:
     """Use grouped_attention inside the block where the model supports it; yields whether it does.
 
     The model's own attention implementation comes back afterwards, so evaluation, generation and the
-    saved config are as they were.
+    saved config are as they were; where it does not apply the log says why.
     """
     inner = language_model(model)
-    if not supported(inner):
+    reason = unsupported(inner)
+    if reason is not None:
+        logger.warning(
+            "attention: %s; the model's own attention (%s) trains",
+            reason,
+            getattr(getattr(inner, "config", None), "_attn_implementation", None),
+        )
         yield False
         return
-    register()
     before = inner.config._attn_implementation
-    inner.set_attn_implementation(NAME)
-    try:
-        yield True
-    finally:
-        inner.set_attn_implementation(before)
+    with registered():
+        inner.set_attn_implementation(NAME)
+        try:
+            yield True
+        finally:
+            inner.set_attn_implementation(before)
+            Segments._cache = None  # the last batch's boundaries and layouts

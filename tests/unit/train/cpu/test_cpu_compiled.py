@@ -1,4 +1,4 @@
-"""hone.train.compiled_ops: transformers' RMSNorm and SwiGLU computed by compiled kernels give the same
+"""hone.train.cpu.compiled: transformers' RMSNorm and SwiGLU computed by compiled kernels give the same
 values and gradients, only inside the block, and not at all where inductor cannot compile."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from toy_lora import lora_model, loss_and_grads
 
-from hone.train import compiled_ops
-from hone.train.compiled_ops import compiled, compiled_layers, rms_norm, silu_product
+from hone.train.cpu import compiled as compiled_ops
+from hone.train.cpu.compiled import compiled, compiled_layers, rms_norm, silu_product
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -10,12 +10,15 @@ equal), and rounds twice per element in bf16 instead of three times.
 
 `fused_rotary(model)` swaps it in, for the length of a block, for the model families whose
 apply_rotary_pos_emb is llama's; anything it does not cover (cos/sin of another dtype or needing gradients,
-extra arguments) goes to transformers' own.
+extra arguments) goes to transformers' own. The swap is of the modeling module's function, which every
+model of that family in the process looks up while the block lasts (the same values up to rounding);
+transformers' function comes back when the last such block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hone.train.swap import language_model
+from hone.train.cpu.swap import language_model, shared_swap
+
+logger = logging.getLogger(__name__)
 
 # Model types whose modeling module's apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim) is llama's.
 ROTARY_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3"})
@@ -94,10 +99,13 @@ def fused_rotary(model: nn.Module) -> Iterator[bool]:
     module = sys.modules.get(type(inner).__module__)
     original = getattr(module, "apply_rotary_pos_emb", None)
     if family not in ROTARY_FAMILIES or original is None:
+        why = (
+            f"model type {family!r} is not one whose apply_rotary_pos_emb is llama's"
+            if family not in ROTARY_FAMILIES
+            else f"{type(inner).__module__} has no apply_rotary_pos_emb"
+        )
+        logger.warning("rotary: %s; transformers' own rotary embedding trains", why)
         yield False
         return
-    module.apply_rotary_pos_emb = halfwise(original)
-    try:
+    with shared_swap(module, "apply_rotary_pos_emb", halfwise(original)):
         yield True
-    finally:
-        module.apply_rotary_pos_emb = original

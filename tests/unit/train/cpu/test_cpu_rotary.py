@@ -7,7 +7,7 @@ import torch
 from toy_lora import lora_model, loss_and_grads
 from transformers.models.llama import modeling_llama
 
-from hone.train.rotary import fused_rotary, halfwise
+from hone.train.cpu.rotary import fused_rotary, halfwise
 
 
 def rotary_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

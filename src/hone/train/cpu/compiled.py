@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hone.train.cpu_attention import PLAIN_ATTENTION
-from hone.train.swap import forwards_replaced, language_model
+from hone.train.cpu.attention import PLAIN_ATTENTION
+from hone.train.cpu.swap import forwards_replaced, language_model
+
+logger = logging.getLogger(__name__)
 
 # Model types whose RMSNorm is weight * normalised(x in fp32).to(x's dtype) and whose MLP is
-# down(act(gate(x)) * up(x)): the families of hone.train.cpu_attention.
+# down(act(gate(x)) * up(x)): the families of hone.train.cpu.attention.
 FAMILIES = PLAIN_ATTENTION - {"phi3"}  # phi3's MLP has one fused gate_up projection
 
 
@@ -65,10 +68,15 @@ def compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 
 @functools.cache
 def inductor_works() -> bool:
-    """Whether inductor compiles and runs a function with its backward here (it needs a C++ compiler)."""
+    """Whether inductor compiles and runs a function with its backward here (it needs a C++ compiler).
+
+    Asked once per process, perhaps first under torch.no_grad (a block entered for evaluation): the probe
+    turns gradients on itself, or it would fail there and keep the answer for good.
+    """
     try:
         x = torch.ones(4, 3, requires_grad=True)
-        torch.compile(lambda t: (t * 2).sum(), dynamic=True)(x).backward()
+        with torch.enable_grad():
+            torch.compile(lambda t: (t * 2).sum(), dynamic=True)(x).backward()
         return bool(x.grad is not None and x.grad.eq(2).all())
     except Exception:  # any failure means: keep the eager modules
         return False
@@ -98,16 +106,30 @@ def rms(module: nn.Module) -> bool:
 
 
 def fusable(model: nn.Module) -> list[tuple[nn.Module, Callable[..., torch.Tensor]]]:
-    """The (module, forward) pairs of `model` that compiled_layers replaces."""
+    """The (module, forward) pairs of `model` that compiled_layers replaces; the log names what it leaves."""
     inner = language_model(model)
-    if getattr(getattr(inner, "config", None), "model_type", None) not in FAMILIES:
+    family = getattr(getattr(inner, "config", None), "model_type", None)
+    if family not in FAMILIES:
+        logger.warning(
+            "compiled_ops: model type %r is not one whose norms and MLPs it computes (%s); they stay eager",
+            family,
+            ", ".join(sorted(FAMILIES)),
+        )
         return []
     found: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = []
+    unknown: set[str] = set()
     for module in inner.modules():
         if rms(module):
             found.append((module, _norm_forward))
         elif swiglu(module):
             found.append((module, _mlp_forward))
+        elif type(module).__name__.endswith(("RMSNorm", "MLP")):
+            unknown.add(type(module).__name__)
+    if unknown:
+        logger.warning(
+            "compiled_ops: %s not of the RMSNorm/SwiGLU forms it computes; they stay eager",
+            ", ".join(sorted(unknown)),
+        )
     return found
 
 
@@ -117,5 +139,10 @@ def compiled_layers(model: nn.Module) -> Iterator[int]:
 
     Their own forward comes back afterwards; no weight or state-dict entry is touched.
     """
-    with forwards_replaced(fusable(model) if inductor_works() else []) as replaced:
+    works = inductor_works()
+    if not works:
+        logger.warning(
+            "compiled_ops: inductor cannot compile here (it needs a C++ compiler); norms and MLPs stay eager"
+        )
+    with forwards_replaced(fusable(model) if works else []) as replaced:
         yield replaced

@@ -1,0 +1,1 @@
+"""Data: reading, checking and preparing training sets into versioned splits."""
