@@ -1,6 +1,6 @@
 """python benchmarks/data_checks.py --examples 100000
 
-Times the content checks of `hone data check` (hone.data.checks) on synthetic support tickets:
+Times the content checks of `hone data check` (hone.data.checks, hone.data.pii) on synthetic tickets:
   find_pii          - the PII scan over every example
   exact_duplicates  - groups of examples equal after normalisation
   near_duplicates   - MinHash + LSH pairs at or above the similarity threshold
@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from hone.data.checks import exact_duplicates, find_pii, near_duplicates
+from hone.data.checks import exact_duplicates, near_duplicates
+from hone.data.pii import find_pii
 
 OPENINGS = [
     "Hi team,",

@@ -144,7 +144,8 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="auto: bf16 on GPUs that support it and on CPUs with AMX or AVX512-BF16, fp32 on other "
-        "CPUs (emulated bf16 is ~15x slower there). Fully trained weights stay fp32 under bf16 autocast.",
+        "CPUs (bf16 is emulated and far slower there: benchmarks/RESULTS.md). Fully trained weights stay "
+        "fp32 under bf16 autocast.",
     )
     packing: bool = Field(
         False, description="Pack short examples into rows of model.max_length (no attention across them)."
@@ -159,7 +160,8 @@ class TrainConfig(Strict):
     attention: Literal["auto", "eager", "sdpa", "flex_attention"] = Field(
         "auto",
         description="Attention kernel while training. auto: on CPU hone's grouped-head attention for the "
-        "model families it covers (1.22x over sdpa per LoRA step), the model's own elsewhere; on GPUs "
+        "model families it covers (faster than sdpa per LoRA step: benchmarks/RESULTS.md), the model's own "
+        "elsewhere; on GPUs "
         "transformers' sdpa. flex_attention (GPUs only: it has no backward on CPU) keeps packed examples "
         "apart with a block-sparse mask instead of a dense one: pair it with packing.",
     )
@@ -174,7 +176,7 @@ class TrainConfig(Strict):
         False,
         description="Batch SFT and pretraining examples of similar length so batches carry little padding "
         "(transformers' LengthGroupedSampler); ignored with packing. Off by default: on the example task it "
-        "trained 1.13x the tokens/s but its 75-step LoRA run's exact match fell from 0.89 to 0.72-0.77.",
+        "trained faster but lost exact match (benchmarks/RESULTS.md, \"Quickstart wall time\").",
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
@@ -341,14 +343,14 @@ class EvaluateConfig(Strict):
         64,
         ge=1,
         description="Most prompts generated together (left-padded, KV cache); batches of long prompts hold "
-        "fewer, within 32,768 tokens of prompt plus new tokens. On the example task 64 generates 1.6x the "
-        "tokens/s of 16 on CPU; reported latency is the batch's wall time, so it grows with the batch.",
+        "fewer, within 32,768 tokens of prompt plus new tokens. Larger batches generate more tokens/s on CPU "
+        "too (benchmarks/RESULTS.md); reported latency is the batch's wall time, so it grows with the batch.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Weights and compute of the evaluated local models (every local rung and a local judge "
-        "alike); auto: bf16 on GPUs with bf16 and on CPUs with AMX or AVX512-BF16 (the quickstart's ladder "
-        "2x faster on CPU, the same verdict and exact match within 0.01 of fp32's), else fp32.",
+        "alike); auto: bf16 on GPUs with bf16 and on CPUs with AMX or AVX512-BF16 (faster, with the same "
+        "verdict on the quickstart's ladder: benchmarks/RESULTS.md), else fp32.",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test examples.")
     metrics: list[str] = Field(

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import re
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from hone.config import HoneConfig, apply_overrides, dump_config, load_config
 from hone.errors import HoneError
@@ -123,3 +127,22 @@ def test_robust_dpo_needs_label_smoothing(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
     text = text.replace("robust}", "robust, label_smoothing: 0.1}")
     assert load_config(write(tmp_path, text)).train.dpo.label_smoothing == 0.1
+
+
+def every_description(model: type[BaseModel], path: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, description) of every field of a config section and of the sections inside it."""
+    for name, field in model.model_fields.items():
+        yield f"{path}{name}", field.description or ""
+        for inner in typing.get_args(field.annotation) or (field.annotation,):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from every_description(inner, f"{path}{name}.")
+
+
+def test_descriptions_carry_no_measured_figures() -> None:
+    """Speed-ups and measured rates live in benchmarks/RESULTS.md, where they are dated and re-measured; a
+    description says what a setting does and points there."""
+    figure = re.compile(r"\d(\.\d+)?x\b|\d+(\.\d+)? ?(s/step|tokens/s|ms\b)|\bmeasured\b", re.IGNORECASE)
+    described = dict(every_description(HoneConfig))
+    assert len(described) > 50 and "train.cpu_kernels" in described
+    stale = {path: text for path, text in described.items() if figure.search(text)}
+    assert not stale, stale

@@ -25,6 +25,7 @@ from hone.data import checks
 from hone.data.check import example_text
 from hone.data.formats import Example, load_examples
 from hone.data.load import raise_problems
+from hone.data.pii import find_pii, redact_pii
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
 from hone.io import atomic_write_json, atomic_write_jsonl, file_digest
@@ -97,9 +98,9 @@ def redact_example(example: Example) -> tuple[Example, int]:
 
     def clean(text: str) -> str:
         nonlocal found
-        hits = checks.find_pii(text)
+        hits = find_pii(text)
         found += len(hits)
-        return checks.redact_pii(text, hits) if hits else text
+        return redact_pii(text, hits) if hits else text
 
     def clean_messages(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if messages is None:
@@ -205,7 +206,7 @@ def content_checks(splits: dict[str, list[Example]]) -> dict[str, Any]:
     texts = {name: [example_text(e) for e in members] for name, members in splits.items()}
     report: dict[str, Any] = {}
     for name, members in texts.items():
-        pii = Counter(hit.kind for text in members for hit in checks.find_pii(text))
+        pii = Counter(hit.kind for text in members for hit in find_pii(text))
         report[name] = {
             "exact_duplicate_groups": len(checks.exact_duplicates(members)),
             "near_duplicate_pairs": len(checks.near_duplicates(members)),

@@ -36,12 +36,17 @@ def chat_completion(api: ApiRung, messages: list[dict[str, Any]], max_new_tokens
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-            return json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]
         raise HoneError(f"evaluate.api {api.name}: {url} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, TimeoutError) as exc:
         raise HoneError(f"evaluate.api {api.name}: cannot reach {url}: {exc}") from None
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        shown = body[:300].decode("utf-8", "replace")
+        raise HoneError(f"evaluate.api {api.name}: {url} answered with no JSON ({exc}): {shown}") from None
 
 
 def answer_with_api(

@@ -159,7 +159,8 @@ def bar_chart(
     value_format: Callable[[float], str] = "{:.3g}".format,
 ) -> str:
     """Grouped vertical bars from 0, optional 95% interval whiskers, and an optional dashed target line."""
-    tops = [v for s in series for v in [*s.values, *(s.highs or [])] if v is not None]
+    # a missing or unbounded value (a rung with no throughput costs infinitely much) gets no bar
+    tops = [v for s in series for v in [*s.values, *(s.highs or [])] if v is not None and math.isfinite(v)]
     highest = max([*tops, target or 0.0]) or 1.0  # all zero or missing: still a readable 0..1 axis
     ticks = nice_ticks(highest if y_max is None else y_max)
     plot = Plot(y_max=y_max if y_max is not None else ticks[-1])
@@ -187,10 +188,10 @@ def bar_chart(
 def bar(
     plot: Plot, one: BarSeries, index: int, x: float, width: float, category: str, fmt: Callable[[float], str]
 ) -> list[str]:
-    """One bar with its whisker and value label; a missing value is marked n/a instead of a bar."""
+    """One bar with its whisker and value label; a missing or unbounded value is marked n/a instead."""
     value = one.values[index]
     centre = round(x + width / 2, 2)
-    if value is None:
+    if value is None or not math.isfinite(value):
         return [text(centre, plot.bottom - 4, "n/a", css="value")]
     top = plot.y(value)
     name = escape(f"{category} {one.name}: {fmt(value)}")

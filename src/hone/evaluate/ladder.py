@@ -6,7 +6,7 @@ fine-tuned candidate (a completed run folder) and any hosted API. Each rung gets
 that flipped, its general-capability change, latency, tokens and cost. The result, `ladder.json`, is what
 the terminal table and the HTML report show and what the registry's promotion gate can read later.
 
-    <run>/ladder.json        the whole result (format below: hone/evaluate/report.py renders it)
+    <run>/ladder.json        the whole result (its format: hone.contract.Ladder)
     <run>/report.html        self-contained report with charts
     <run>/eval/<rung>.jsonl  every prediction with its per-example scores
 """
@@ -34,7 +34,7 @@ from hone.evaluate import baselines, cost
 from hone.evaluate.api import answer_with_api
 from hone.evaluate.general import GeneralResult, general_check, general_delta
 from hone.evaluate.likelihood import reference_loss
-from hone.evaluate.metrics import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
+from hone.evaluate.scoring import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_jsonl
@@ -452,7 +452,7 @@ def write_ladder(run: RunFolder, ladder: Ladder, rungs: list[Rung], inputs: Ladd
         atomic_write_jsonl(run.path / name, predictions(rung, inputs))
         artifacts[f"predictions_{rung.name}"] = name
     contract.write(ladder, run.path / LADDER)
-    write_report(ladder.model_dump(mode="json"), run.path / "report.html")
+    write_report(ladder, run.path / "report.html")
     run.update(artifacts={**artifacts, "ladder": LADDER, "report": "report.html"})
 
 
@@ -475,9 +475,7 @@ def predictions(rung: Rung, inputs: LadderInputs) -> list[dict[str, Any]]:
     return rows
 
 
-def run_evaluation(
-    config: HoneConfig, candidates: list[Path], console: Console
-) -> tuple[RunFolder, Ladder]:
+def run_evaluation(config: HoneConfig, candidates: list[Path], console: Console) -> tuple[RunFolder, Ladder]:
     """`hone evaluate`: the ladder in a new evaluation run folder (runs/evaluate-<time> by default)."""
     every = [*config.evaluate.candidates, *candidates]
     inputs = prepare(config, every)  # bad input fails here, before a run folder exists

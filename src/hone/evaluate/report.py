@@ -2,8 +2,9 @@
 
 The file is what people pass around to decide whether fine-tuning was worth it, so it must open anywhere,
 offline, long after the run: styles are inline, charts are SVG drawn here (hone.evaluate.charts), and there
-is no script and nothing fetched. It renders `ladder.json` as it is, and every piece of text taken from the
-ladder (ticket text, model output, names) is escaped, because model output can contain anything.
+is no script and nothing fetched. It renders the typed ladder (`hone.contract.Ladder`, what `ladder.json`
+holds) as it is, and every piece of text taken from it (ticket text, model output, names) is escaped,
+because model output can contain anything.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from pathlib import Path
-from typing import Any
 
+from hone.contract import FlippedExample, GeneralFigures, Interval, Ladder, LadderRung, LadderTask
 from hone.evaluate.charts import BarSeries, Line, bar_chart, line_chart
 from hone.io import atomic_write_text
 
@@ -79,9 +80,9 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """.replace("MONO", MONO)
 
 
-def render_html(ladder: dict[str, Any]) -> str:
-    """The whole report for one ladder result (the contents of ladder.json) as an HTML document."""
-    title = f"Evaluation ladder: {task_name(ladder)}"
+def render_html(ladder: Ladder) -> str:
+    """The whole report for one ladder result (as read from ladder.json) as an HTML document."""
+    title = f"Evaluation ladder: {task_name(ladder.task)}"
     body = [
         header(ladder),
         ladder_table(ladder),
@@ -89,7 +90,7 @@ def render_html(ladder: dict[str, Any]) -> str:
         charts(ladder),
         flips_section(ladder),
     ]
-    basis = sorted({str((rung.get("cost") or {}).get("basis") or "") for rung in ladder["rungs"]} - {""})
+    basis = sorted({rung.cost.basis for rung in ladder.rungs} - {""})
     footer = f"<footer>Cost basis: {escape('; '.join(basis)) or DASH}.</footer>"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -101,7 +102,7 @@ def render_html(ladder: dict[str, Any]) -> str:
     )
 
 
-def write_report(ladder: dict[str, Any], path: Path) -> None:
+def write_report(ladder: Ladder, path: Path) -> None:
     atomic_write_text(path, render_html(ladder))
 
 
@@ -137,44 +138,36 @@ def p_value(value: float | None) -> str:
     return "p ≤ 0.001" if value <= 0.001 else f"p = {value:.3f}"
 
 
-def task_name(ladder: dict[str, Any]) -> str:
-    """The task's folder (examples/support-tickets/test.jsonl -> support-tickets) unless it has a name."""
-    task = ladder.get("task") or {}
-    if task.get("name"):
-        return str(task["name"])
-    test = Path(str(task.get("test") or "task"))
+def task_name(task: LadderTask) -> str:
+    """The task's folder (examples/support-tickets/test.jsonl -> support-tickets), or the file's own name."""
+    test = Path(task.test or "task")
     generic = test.stem in ("test", "eval", "evaluation")
     return (test.parent.name or test.stem) if generic else test.stem
 
 
-def when(created: str | None) -> str:
+def when(created: str) -> str:
     try:
-        moment = datetime.fromisoformat(str(created))
+        moment = datetime.fromisoformat(created)
     except ValueError:
-        return str(created or DASH)
+        return created or DASH
     return moment.strftime("%d %b %Y %H:%M") + (f" {moment.tzname()}" if moment.tzinfo else "")
 
 
-def metric_names(ladder: dict[str, Any]) -> list[str]:
+def metric_names(ladder: Ladder) -> list[str]:
     """Every metric any rung has, primary first, otherwise in the order the rungs list them."""
-    names: dict[str, None] = {ladder["primary_metric"]: None}
-    for rung in ladder["rungs"]:
-        names.update(dict.fromkeys(rung.get("metrics") or {}))
+    names: dict[str, None] = {ladder.primary_metric: None}
+    for rung in ladder.rungs:
+        names.update(dict.fromkeys(rung.metrics))
     return list(names)
 
 
-def metric(rung: dict[str, Any], name: str) -> dict[str, Any]:
-    return (rung.get("metrics") or {}).get(name) or {}
+def point(score: Interval | None) -> float | None:
+    """A rung's value on a metric, or None where the rung has no such metric (shown as a dash)."""
+    return None if score is None else score.value
 
 
-def interval(value: dict[str, Any]) -> str:
-    if value.get("low") is None or value.get("high") is None:
-        return ""
-    return f"{number(value['low'])}\u2013{number(value['high'])}"
-
-
-def is_fine_tuned(rung: dict[str, Any]) -> bool:
-    return rung.get("kind") == "fine-tuned"
+def interval(score: Interval | None) -> str:
+    return "" if score is None else f"{number(score.low)}\u2013{number(score.high)}"
 
 
 def cell(main: str, sub: str = "", css: str = "") -> str:
@@ -186,48 +179,47 @@ def cell(main: str, sub: str = "", css: str = "") -> str:
 # ---- header and tables ------------------------------------------------------------------------------
 
 
-def header(ladder: dict[str, Any]) -> str:
-    task, target = ladder.get("task") or {}, ladder.get("target")
-    target_text = f"{target['metric']} \u2265 {target['min']:.2f}" if target else "none set"
-    meta = [escape(str(task.get("test", DASH))), f"{escape(str(task.get('examples', DASH)))} test examples"]
-    meta.append(escape(when(ladder.get("created"))))
-    if task.get("dataset_hash"):
-        meta.append(f"dataset {escape(str(task['dataset_hash'])[:12])}")
+def header(ladder: Ladder) -> str:
+    task, target = ladder.task, ladder.target
+    target_text = f"{target.metric} \u2265 {target.min:.2f}" if target else "none set"
+    meta = [escape(task.test), f"{task.examples} test examples", escape(when(ladder.created))]
+    if task.dataset_hash:
+        meta.append(f"dataset {escape(task.dataset_hash[:12])}")
     facts = (
-        ("Primary metric", ladder["primary_metric"]),
-        ("Local models in", f"{ladder.get('precision') or 'float32'} on {ladder.get('device') or 'cpu'}"),
+        ("Primary metric", ladder.primary_metric),
+        ("Local models in", f"{ladder.precision or 'float32'} on {ladder.device or 'cpu'}"),
         ("Target", target_text),
-        ("Baseline", ladder.get("baseline") or DASH),
+        ("Baseline", ladder.baseline or DASH),
     )
     listed = "".join(
-        f"<div><span>{label}</span><strong>{escape(str(value))}</strong></div>" for label, value in facts
+        f"<div><span>{label}</span><strong>{escape(value)}</strong></div>" for label, value in facts
     )
     return (
-        f'<header><p class="eyebrow">hone evaluation ladder</p><h1>{escape(task_name(ladder))}</h1>'
+        f'<header><p class="eyebrow">hone evaluation ladder</p><h1>{escape(task_name(task))}</h1>'
         f'<p class="meta">{MIDDOT.join(meta)}</p><div class="facts">{listed}</div>'
         f"{recommendation(ladder)}</header>"
     )
 
 
-def recommendation(ladder: dict[str, Any]) -> str:
-    pick = ladder.get("recommendation") or {}
-    if not pick.get("rung"):
+def recommendation(ladder: Ladder) -> str:
+    pick = ladder.recommendation
+    if not pick.rung:
         state, rung, badge = "missed", "none", ""
-    elif not ladder.get("target"):
-        state, rung, badge = "", pick["rung"], '<span class="badge muted">no target set</span>'
-    elif pick.get("met_target"):
-        state, rung, badge = "met", pick["rung"], '<span class="badge good">meets the target</span>'
+    elif ladder.target is None:
+        state, rung, badge = "", pick.rung, '<span class="badge muted">no target set</span>'
+    elif pick.met_target:
+        state, rung, badge = "met", pick.rung, '<span class="badge good">meets the target</span>'
     else:
-        state, rung, badge = "missed", pick["rung"], '<span class="badge bad">no rung meets the target</span>'
-    reason = escape(str(pick.get("reason") or ("" if pick.get("rung") else "no rung could be recommended")))
+        state, rung, badge = "missed", pick.rung, '<span class="badge bad">no rung meets the target</span>'
+    reason = escape(pick.reason or ("" if pick.rung else "no rung could be recommended"))
     return (
         f'<section class="recommendation {state}"><p class="label">Recommendation</p>'
-        f'<p class="pick">{escape(str(rung))} {badge}</p><p>{reason}</p></section>'
+        f'<p class="pick">{escape(rung)} {badge}</p><p>{reason}</p></section>'
     )
 
 
-def ladder_table(ladder: dict[str, Any]) -> str:
-    primary, baseline = escape(ladder["primary_metric"]), escape(str(ladder.get("baseline") or "baseline"))
+def ladder_table(ladder: Ladder) -> str:
+    primary, baseline = escape(ladder.primary_metric), escape(ladder.baseline or "baseline")
     heads = [
         ("Rung", "", ""),
         ("Kind", "", "kind"),
@@ -240,7 +232,7 @@ def ladder_table(ladder: dict[str, Any]) -> str:
         ("Training", "one-off", ""),
     ]
     head = "".join(f'<th class="{css}">{label}<small>{sub}</small></th>' for label, sub, css in heads)
-    rows = "".join(ladder_row(ladder, rung) for rung in ladder["rungs"])
+    rows = "".join(ladder_row(ladder, rung) for rung in ladder.rungs)
     return (
         '<section><h2>The ladder</h2><p class="note">Every rung is scored on the same test examples. '
         "Intervals are 95% bootstrap intervals; deltas are paired differences from the baseline.</p>"
@@ -249,70 +241,66 @@ def ladder_table(ladder: dict[str, Any]) -> str:
     )
 
 
-def ladder_row(ladder: dict[str, Any], rung: dict[str, Any]) -> str:
-    name = str(rung["name"])
-    main = metric(rung, ladder["primary_metric"])
-    latency, tokens, cost = rung.get("latency") or {}, rung.get("tokens") or {}, rung.get("cost") or {}
-    training = rung.get("training") or {}
-    recommended = name == (ladder.get("recommendation") or {}).get("rung")
-    tags = ' <span class="badge muted">baseline</span>' if name == ladder.get("baseline") else ""
+def ladder_row(ladder: Ladder, rung: LadderRung) -> str:
+    name, main = rung.name, rung.metrics.get(ladder.primary_metric)
+    latency, tokens, cost, training = rung.latency, rung.tokens, rung.cost, rung.training
+    recommended = name == ladder.recommendation.rung
+    tags = ' <span class="badge muted">baseline</span>' if name == ladder.baseline else ""
     tags += ' <span class="badge good">recommended</span>' if recommended else ""
-    description = escape(str(rung.get("description") or ""))
-    one_off = cost.get("training_one_off")
     cells = [
-        cell(f'<span class="rung-name">{escape(name)}</span>{tags}', description),
-        cell(escape(str(rung.get("kind") or DASH)), css="kind"),
-        cell(f"<strong>{number(main.get('value'))}</strong>", interval(main), "primary"),
+        cell(f'<span class="rung-name">{escape(name)}</span>{tags}', escape(rung.description)),
+        cell(escape(rung.kind), css="kind"),
+        cell(f"<strong>{number(point(main))}</strong>", interval(main), "primary"),
         f"<td>{significance(ladder, rung)}</td>",
-        general(rung.get("general")),
-        cell(seconds(latency.get("p50_seconds")), seconds(latency.get("p95_seconds"))),
-        cell(number(tokens.get("prompt_mean"), 0), number(tokens.get("completion_mean"), 1)),
-        cell(money(cost.get("per_1000_requests"))),
+        general(rung.general),
+        cell(seconds(latency.p50_seconds), seconds(latency.p95_seconds)),
+        cell(number(tokens.prompt_mean, 0), number(tokens.completion_mean, 1)),
+        cell(money(cost.per_1000_requests)),
         cell(
-            money(one_off) if training or one_off else DASH,
-            seconds(training.get("train_seconds")) if training else "",
+            money(cost.training_one_off) if training is not None or cost.training_one_off else DASH,
+            seconds(training.train_seconds) if training is not None else "",
         ),
     ]
     css = ' class="recommended"' if recommended else ""
     return f'<tr data-rung="{escape(name)}"{css}>' + "".join(cells) + "</tr>"
 
 
-def significance(ladder: dict[str, Any], rung: dict[str, Any]) -> str:
-    test = rung.get("significance")
-    if not test:
-        return '<span class="badge muted">baseline</span>' if rung["name"] == ladder.get("baseline") else DASH
-    if test.get("significant"):
-        up = (test.get("delta") or 0) > 0
+def significance(ladder: Ladder, rung: LadderRung) -> str:
+    test = rung.significance
+    if test is None:
+        return '<span class="badge muted">baseline</span>' if rung.name == ladder.baseline else DASH
+    if test.significant:
+        up = test.delta > 0
         marker = f'<span class="badge {"good" if up else "bad"}">{UP if up else DOWN} significant</span>'
     else:
         marker = '<span class="badge muted">not significant</span>'
-    spread = f"<small>{signed(test.get('low'))} to {signed(test.get('high'))}</small>"
-    chance = f"<small>{escape(p_value(test.get('p_value')))}</small>"
-    return f"<strong>{signed(test.get('delta'))}</strong> {marker}{spread}{chance}"
+    spread = f"<small>{signed(test.low)} to {signed(test.high)}</small>"
+    chance = f"<small>{escape(p_value(test.p_value))}</small>"
+    return f"<strong>{signed(test.delta)}</strong> {marker}{spread}{chance}"
 
 
-def general(check: dict[str, Any] | None) -> str:
-    if not check:
+def general(check: GeneralFigures | None) -> str:
+    if check is None:
         return cell('<span class="note">not run</span>')
-    return cell(signed(check.get("delta_probe_accuracy")), signed(check.get("delta_perplexity"), 2))
+    return cell(signed(check.delta_probe_accuracy), signed(check.delta_perplexity, 2))
 
 
-def metrics_table(ladder: dict[str, Any]) -> str:
+def metrics_table(ladder: Ladder) -> str:
     """Every metric (a row each) of every rung (a column each) with its interval; the best value in bold."""
-    rungs, primary = ladder["rungs"], ladder["primary_metric"]
-    head = "".join(f"<th>{escape(str(rung['name']))}</th>" for rung in rungs)
+    rungs, primary = ladder.rungs, ladder.primary_metric
+    head = "".join(f"<th>{escape(rung.name)}</th>" for rung in rungs)
     rows = []
     for name in metric_names(ladder):
-        values = [metric(rung, name) for rung in rungs]
-        present = [v["value"] for v in values if v.get("value") is not None]
+        scores = [rung.metrics.get(name) for rung in rungs]
+        present = [score.value for score in scores if score is not None]
         best = max(present) if len(rungs) > 1 and present else None  # one rung: nothing to compare
         cells = "".join(
             cell(
-                number(v.get("value")),
-                interval(v),
-                "best" if best is not None and v.get("value") == best else "",
+                number(point(score)),
+                interval(score),
+                "best" if best is not None and point(score) == best else "",
             )
-            for v in values
+            for score in scores
         )
         css = ' class="primary"' if name == primary else ""
         rows.append(f'<tr data-metric="{escape(name)}"{css}><td>{escape(name)}</td>{cells}</tr>')
@@ -326,7 +314,7 @@ def metrics_table(ladder: dict[str, Any]) -> str:
 # ---- charts -----------------------------------------------------------------------------------------
 
 
-def charts(ladder: dict[str, Any]) -> str:
+def charts(ladder: Ladder) -> str:
     figures = [metric_chart(ladder), loss_chart(ladder), latency_chart(ladder), cost_chart(ladder)]
     return '<section><h2>Charts</h2><div class="charts">' + "".join(figures) + "</div></section>"
 
@@ -336,30 +324,31 @@ def figure(title: str, caption: str, content: str) -> str:
     return f"<figure><figcaption><strong>{escape(title)}</strong>{caption}</figcaption>{content}</figure>"
 
 
-def kind_key(rungs: Sequence[dict[str, Any]]) -> str:
-    present = {rung.get("kind") for rung in rungs}
+def kind_key(rungs: Sequence[LadderRung]) -> str:
+    present = {rung.kind for rung in rungs}
     kinds = [("prompting", PROMPTING_COLOUR), ("fine-tuned", FINE_TUNED_COLOUR)]
     return "".join(
         f'<span class="swatch" style="background:{c}"></span>{k}' for k, c in kinds if k in present
     )
 
 
-def kind_colours(rungs: Sequence[dict[str, Any]]) -> list[str]:
-    return [FINE_TUNED_COLOUR if is_fine_tuned(rung) else PROMPTING_COLOUR for rung in rungs]
+def kind_colours(rungs: Sequence[LadderRung]) -> list[str]:
+    return [FINE_TUNED_COLOUR if rung.kind == "fine-tuned" else PROMPTING_COLOUR for rung in rungs]
 
 
-def rung_names(ladder: dict[str, Any]) -> list[str]:
-    return [str(rung["name"]) for rung in ladder["rungs"]]
+def rung_names(ladder: Ladder) -> list[str]:
+    return [rung.name for rung in ladder.rungs]
 
 
-def metric_chart(ladder: dict[str, Any]) -> str:
+def metric_chart(ladder: Ladder) -> str:
     """Rates (every value and interval within 0..1) get a fixed 0..1 axis, so rungs read as proportions."""
-    rungs, primary = ladder["rungs"], ladder["primary_metric"]
-    points = [metric(rung, primary) for rung in rungs]
-    values, lows, highs = ([p.get(key) for p in points] for key in ("value", "low", "high"))
+    rungs, primary, target = ladder.rungs, ladder.primary_metric, ladder.target
+    scores = [rung.metrics.get(primary) for rung in rungs]
+    values = [point(score) for score in scores]
+    lows = [None if score is None else score.low for score in scores]
+    highs = [None if score is None else score.high for score in scores]
     bounded = all(v is None or 0 <= v <= 1 for v in [*values, *highs])
-    target = ladder.get("target")
-    line = target["min"] if target and target.get("metric") == primary else None
+    line = target.min if target and target.metric == primary else None
     svg = bar_chart(
         "metric",
         f"{primary} per rung with 95% intervals",
@@ -374,27 +363,31 @@ def metric_chart(ladder: dict[str, Any]) -> str:
     if line is not None:
         note = " Dashed line: the target."
     else:
-        note = f" Target on {escape(target['metric'])}, not drawn." if target else " No target set."
+        note = f" Target on {escape(target.metric)}, not drawn." if target else " No target set."
     return figure(f"{primary} per rung", f"Whiskers: 95% interval.{note}{kind_key(rungs)}", svg)
 
 
-def loss_lines(tuned: Sequence[dict[str, Any]]) -> list[Line]:
+def loss_lines(tuned: Sequence[LadderRung]) -> list[Line]:
     """Train loss solid, validation loss dashed with points; one colour per rung when there are several."""
     lines = []
+    alone = len(tuned) == 1
     for index, rung in enumerate(tuned):
-        history = (rung.get("training") or {}).get("history") or []
-        alone = len(tuned) == 1
-        for key, label, dashed in (("loss", "train", False), ("eval_loss", "eval", True)):
-            points = [(float(row["step"]), float(row[key])) for row in history if row.get(key) is not None]
+        history = rung.training.history if rung.training is not None else []
+        curves = (
+            ("train", False, [(row.step, row.loss) for row in history]),
+            ("eval", True, [(row.step, row.eval_loss) for row in history]),
+        )
+        for label, dashed, steps in curves:
+            points = [(float(step), loss) for step, loss in steps if loss is not None]
             colour = EVAL_COLOUR if dashed and alone else LINE_COLOURS[index % len(LINE_COLOURS)]
-            name = f"{label} loss" if alone else f"{rung['name']} {label}"
+            name = f"{label} loss" if alone else f"{rung.name} {label}"
             if points:
                 lines.append(Line(name, points, colour, dashed=dashed, markers=dashed))
     return lines
 
 
-def loss_chart(ladder: dict[str, Any]) -> str:
-    tuned = [rung for rung in ladder["rungs"] if is_fine_tuned(rung)]
+def loss_chart(ladder: Ladder) -> str:
+    tuned = ladder.fine_tuned
     title = "Training and validation loss"
     if not tuned:
         return figure(title, "", '<p class="note">No fine-tuned rung in this ladder, so no loss curves.</p>')
@@ -402,7 +395,7 @@ def loss_chart(ladder: dict[str, Any]) -> str:
     if not lines:
         return figure(title, "", '<p class="note">The fine-tuned rungs recorded no training history.</p>')
     # several rungs: the legend says which colour is which rung; the caption says solid/dashed
-    key = [(str(r["name"]), LINE_COLOURS[i % len(LINE_COLOURS)], False) for i, r in enumerate(tuned)]
+    key = [(rung.name, LINE_COLOURS[i % len(LINE_COLOURS)], False) for i, rung in enumerate(tuned)]
     svg = line_chart(
         "loss",
         f"{title} per step",
@@ -414,31 +407,28 @@ def loss_chart(ladder: dict[str, Any]) -> str:
     return figure(title, "Solid: training loss; dashed with points: validation loss.", svg)
 
 
-def latency_chart(ladder: dict[str, Any]) -> str:
-    latency = [rung.get("latency") or {} for rung in ladder["rungs"]]
+def latency_chart(ladder: Ladder) -> str:
+    latency = [rung.latency for rung in ladder.rungs]
     series = [
-        BarSeries("p50", [row.get("p50_seconds") for row in latency], P50_COLOUR),
-        BarSeries("p95", [row.get("p95_seconds") for row in latency], P95_COLOUR),
+        BarSeries("p50", [row.p50_seconds for row in latency], P50_COLOUR),
+        BarSeries("p95", [row.p95_seconds for row in latency], P95_COLOUR),
     ]
     title = "Latency per request, p50 and p95"
     svg = bar_chart(
         "latency", title, rung_names(ladder), series, y_label="seconds", value_format="{:.2f}".format
     )
-    batch = sorted({str(row["batch_size"]) for row in latency if row.get("batch_size")})
+    batch = sorted({str(row.batch_size) for row in latency if row.batch_size})
     note = f" Batch size {escape(', '.join(batch))}." if batch else ""
     return figure("Latency per request", f"Median (p50) and 95th percentile (p95), in seconds.{note}", svg)
 
 
-def cost_chart(ladder: dict[str, Any]) -> str:
-    rungs = ladder["rungs"]
-    values = [(rung.get("cost") or {}).get("per_1000_requests") for rung in rungs]
-    series = [BarSeries("cost", values, kind_colours(rungs))]
+def cost_chart(ladder: Ladder) -> str:
+    rungs = ladder.rungs
+    series = [BarSeries("cost", [rung.cost.per_1000_requests for rung in rungs], kind_colours(rungs))]
     title = "Cost per 1,000 requests"
     svg = bar_chart("cost", title, rung_names(ladder), series, y_label="$ per 1,000", value_format=money)
-    paid_once = [
-        (r["name"], (r.get("cost") or {}).get("training_one_off")) for r in rungs if is_fine_tuned(r)
-    ]
-    listed = ", ".join(f"{escape(str(name))} {money(value)}" for name, value in paid_once)
+    paid_once = [(rung.name, rung.cost.training_one_off) for rung in ladder.fine_tuned]
+    listed = ", ".join(f"{escape(name)} {money(value)}" for name, value in paid_once)
     note = f" Training, paid once: {listed}." if paid_once else ""
     return figure(title, f"Serving cost only.{note}{kind_key(rungs)}", svg)
 
@@ -446,10 +436,10 @@ def cost_chart(ladder: dict[str, Any]) -> str:
 # ---- flipped examples -------------------------------------------------------------------------------
 
 
-def flips_section(ladder: dict[str, Any]) -> str:
-    tuned = [rung for rung in ladder["rungs"] if is_fine_tuned(rung)]
+def flips_section(ladder: Ladder) -> str:
+    tuned = ladder.fine_tuned
     intro = (
-        f"Test examples whose {escape(ladder['primary_metric'])} changed between the baseline and a "
+        f"Test examples whose {escape(ladder.primary_metric)} changed between the baseline and a "
         "fine-tuned rung: fixed (the baseline was wrong, the rung is right) and broken (the other way round)."
     )
     if tuned:
@@ -459,15 +449,16 @@ def flips_section(ladder: dict[str, Any]) -> str:
     return f'<section class="flips"><h2>Flipped examples</h2><p class="note">{intro}</p>{body}</section>'
 
 
-def rung_flips(rung: dict[str, Any]) -> str:
-    name, flips = escape(str(rung["name"])), rung.get("flips")
-    if not flips:
+def rung_flips(rung: LadderRung) -> str:
+    name, flips = escape(rung.name), rung.flips
+    if flips is None:
         return f'<h3>{name}</h3><p class="note">No per-example comparison was recorded for this rung.</p>'
-    baseline = escape(str(flips.get("vs") or "baseline"))
+    baseline = escape(flips.vs or "baseline")
     parts = [f'<article data-rung="{name}"><h3>{name} vs {baseline}</h3>']
-    for kind in ("fixed", "broken"):
-        shown = flips.get(kind) or []
-        count = flips.get(f"{kind}_count", len(shown))
+    for kind, shown, count in (
+        ("fixed", flips.fixed, flips.fixed_count),
+        ("broken", flips.broken, flips.broken_count),
+    ):
         more = f" ({len(shown)} shown)" if len(shown) < count else ""
         parts.append(f"<h4>{kind.capitalize()}: {count}{more}</h4>")
         parts += [example(item, kind, baseline, name) for item in shown]
@@ -476,20 +467,18 @@ def rung_flips(rung: dict[str, Any]) -> str:
     return "".join(parts) + "</article>"
 
 
-def example(item: dict[str, Any], kind: str, baseline: str, rung: str) -> str:
+def example(item: FlippedExample, kind: str, baseline: str, rung: str) -> str:
     """One flipped example; `baseline` and `rung` arrive escaped, the example's texts are escaped here."""
 
-    def block(label: str, content: Any, css: str = "") -> str:
-        shown = escape(str(content if content is not None else ""))
-        return f'<div><span class="label">{label}</span><pre class="{css}">{shown}</pre></div>'
+    def block(label: str, content: str, css: str = "") -> str:
+        return f'<div><span class="label">{label}</span><pre class="{css}">{escape(content)}</pre></div>'
 
-    index = escape(str(item.get("index", "?")))
     return (
-        f'<div class="example {kind}"><span class="label">test example {index}</span>'
-        + block("Input", item.get("input"), "prose")
+        f'<div class="example {kind}"><span class="label">test example {item.index}</span>'
+        + block("Input", item.input, "prose")
         + '<div class="triple">'
-        + block("Reference", item.get("reference"))
-        + block(f"Before ({baseline})", item.get("before"))
-        + block(f"After ({rung})", item.get("after"))
+        + block("Reference", item.reference)
+        + block(f"Before ({baseline})", item.before)
+        + block(f"After ({rung})", item.after)
         + "</div></div>"
     )

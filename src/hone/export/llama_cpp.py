@@ -66,8 +66,13 @@ def run_tools(jobs: dict[str, list[str]]) -> None:
 
 
 def llama_quantize() -> Path:
-    found = os.environ.get("HONE_LLAMA_QUANTIZE") or shutil.which("llama-quantize")
-    if not found or not Path(found).is_file():
+    override = os.environ.get("HONE_LLAMA_QUANTIZE")
+    if override and not Path(override).expanduser().is_file():
+        raise HoneError(
+            f"HONE_LLAMA_QUANTIZE={override}: no such program; point it at llama.cpp's llama-quantize"
+        )
+    found = str(Path(override).expanduser()) if override else shutil.which("llama-quantize")
+    if not found:
         raise HoneError(
             "k-quant GGUF types (q4_k_m, q5_k_m, q6_k) need llama.cpp's llama-quantize program, and it is "
             "not on PATH. Install llama.cpp (`brew install llama.cpp`, or build it: `cmake -B build && "

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-import json
+import math
 import os
 import struct
 import subprocess
@@ -12,10 +11,10 @@ import xml.etree.ElementTree as ET
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from hone.contract import Interval, Ladder, LadderTask, Recommendation, Target, read
 from hone.evaluate.report import money, p_value, render_html, signed, task_name, write_report
 
 LADDER = Path(__file__).resolve().parents[2] / "assets" / "ladder.json"
@@ -25,8 +24,8 @@ SHAPES = {"rect", "path", "line", "circle"}
 
 
 @pytest.fixture
-def ladder() -> dict[str, Any]:
-    return json.loads(LADDER.read_text(encoding="utf-8"))
+def ladder() -> Ladder:
+    return read(Ladder, LADDER)
 
 
 class Outline(HTMLParser):
@@ -79,24 +78,20 @@ def charts_of(html: str) -> dict[str, ET.Element]:
     return found
 
 
-def rung(ladder: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(r for r in ladder["rungs"] if r["name"] == name)
-
-
 # ---- content ----------------------------------------------------------------------------------------
 
 
-def test_sample_ladder_renders_every_section(ladder: dict[str, Any]) -> None:
+def test_sample_ladder_renders_every_section(ladder: Ladder) -> None:
     html = render_html(ladder)
     seen = outline(html)
-    names = [r["name"] for r in ladder["rungs"]]
+    names = [r.name for r in ladder.rungs]
     assert seen.rows["ladder"] == names
     assert seen.rows["metrics"][0] == "exact_match" and len(seen.rows["metrics"]) == 9
     assert all(seen.shapes[chart] >= 4 for chart in CHARTS), seen.shapes
     assert (
         "<h1>support-tickets</h1>" in html and "150 test examples" in html and "23 Nov 2026 16:52 UTC" in html
     )
-    assert "exact_match \u2265 0.80" in html and escape(ladder["recommendation"]["reason"]) in html
+    assert "exact_match \u2265 0.80" in html and escape(ladder.recommendation.reason) in html
     assert "meets the target" in html and "lora-quickstart vs few-shot" in html
     assert "Fixed: 124 (3 shown)" in html and "Broken: 2</h4>" in html
     assert "+0.813" in html and "p ≤ 0.001" in html and "not significant" in html  # rag vs few-shot
@@ -104,20 +99,21 @@ def test_sample_ladder_renders_every_section(ladder: dict[str, Any]) -> None:
     assert set(charts_of(html)) == set(CHARTS)
 
 
-def test_report_is_self_contained(ladder: dict[str, Any]) -> None:
+def test_report_is_self_contained(ladder: Ladder) -> None:
     html = render_html(ladder)
     assert not {"script", "link", "img", "iframe", "object"} & outline(html).tags
     assert "url(" not in html and "@import" not in html
     assert html.count("http") == html.count('xmlns="http://www.w3.org/2000/svg"') == 4  # namespaces only
 
 
-def test_text_from_the_ladder_is_escaped(ladder: dict[str, Any]) -> None:
+def test_text_from_the_ladder_is_escaped(ladder: Ladder) -> None:
     attack = "<script>alert('x')</script>"
-    tuned = rung(ladder, "lora-quickstart")
-    tuned["flips"]["fixed"][0]["input"] = f"Ticket {attack} & more"
-    tuned["flips"]["broken"][0]["after"] = attack
-    tuned["description"] = attack
-    ladder["recommendation"]["reason"] = attack
+    tuned = ladder.rung("lora-quickstart")
+    assert tuned.flips is not None
+    tuned.flips.fixed[0].input = f"Ticket {attack} & more"
+    tuned.flips.broken[0].after = attack
+    tuned.description = attack
+    ladder.recommendation.reason = attack
     html = render_html(ladder)
     assert "<script" not in html
     assert "Ticket &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in html
@@ -125,57 +121,73 @@ def test_text_from_the_ladder_is_escaped(ladder: dict[str, Any]) -> None:
     assert "script" not in outline(html).tags
 
 
-def test_ladder_without_a_fine_tuned_rung_says_there_are_no_curves(ladder: dict[str, Any]) -> None:
-    ladder["rungs"] = [r for r in ladder["rungs"] if r["kind"] == "prompting"]
-    ladder["recommendation"] = {"rung": "few-shot", "met_target": False, "reason": "best prompting rung"}
+def test_ladder_without_a_fine_tuned_rung_says_there_are_no_curves(ladder: Ladder) -> None:
+    ladder.rungs = [r for r in ladder.rungs if r.kind == "prompting"]
+    ladder.recommendation = Recommendation(rung="few-shot", met_target=False, reason="best prompting rung")
     html = render_html(ladder)
     assert set(charts_of(html)) == {"metric", "latency", "cost"}
     assert "no loss curves" in html and "no flipped examples to show" in html
     assert "no rung meets the target" in html
 
 
-def test_ladder_without_a_target_draws_no_target_line(ladder: dict[str, Any]) -> None:
-    ladder["target"] = None
+def test_ladder_without_a_target_draws_no_target_line(ladder: Ladder) -> None:
+    ladder.target = None
     html = render_html(ladder)
     metric = charts_of(html)["metric"]
     assert not [e for e in metric.iter() if e.get("class") == "target"]
     assert "none set" in html and "No target set." in html and "no target set" in html
 
 
-def test_target_on_another_metric_is_named_but_not_drawn(ladder: dict[str, Any]) -> None:
-    ladder["target"] = {"metric": "json_valid", "min": 0.95}
+def test_target_on_another_metric_is_named_but_not_drawn(ladder: Ladder) -> None:
+    ladder.target = Target(metric="json_valid", min=0.95)
     html = render_html(ladder)
     assert "json_valid \u2265 0.95" in html and "Target on json_valid, not drawn." in html
     assert not [e for e in charts_of(html)["metric"].iter() if e.get("class") == "target"]
 
 
-def test_missing_general_check_training_and_latency_read_as_not_run(ladder: dict[str, Any]) -> None:
-    tuned = rung(ladder, "lora-quickstart")
-    tuned["general"], tuned["training"], tuned["latency"] = None, None, None
+def test_missing_general_check_and_training_read_as_not_run(ladder: Ladder) -> None:
+    tuned = ladder.rung("lora-quickstart")
+    tuned.general, tuned.training = None, None
     html = render_html(ladder)
     assert "not run" in html
     assert "The fine-tuned rungs recorded no training history." in html  # fine-tuned, but no history
-    assert "n/a" in ET.tostring(charts_of(html)["latency"], encoding="unicode")
 
 
-def test_zero_values_are_drawn_as_empty_bars(ladder: dict[str, Any]) -> None:
-    zero = rung(ladder, "zero-shot")["metrics"]["exact_match"]
-    assert zero == {"value": 0.0, "low": 0.0, "high": 0.0}  # the sample's own zero-shot rung
+def test_a_metric_one_rung_lacks_reads_as_a_dash(ladder: Ladder) -> None:
+    del ladder.rung("rag").metrics["json_valid"]
+    html = render_html(ladder)
+    row = html[html.index('<tr data-metric="json_valid">') :]
+    row = row[: row.index("</tr>")]
+    assert row.count("<td>\u2014</td>") == 1 and row.count('class="best"') == 1
+
+
+def test_zero_values_are_drawn_as_empty_bars(ladder: Ladder) -> None:
+    zero = ladder.rung("zero-shot").metrics["exact_match"]
+    assert zero == Interval(value=0.0, low=0.0, high=0.0)  # the sample's own zero-shot rung
     bars = list(charts_of(render_html(ladder))["metric"].iter("{http://www.w3.org/2000/svg}rect"))
     assert float(bars[0].get("height", "")) == 0.0 and float(bars[3].get("height", "")) > 150
 
 
-def test_a_single_rung_renders(ladder: dict[str, Any]) -> None:
-    single = copy.deepcopy(ladder)
-    single["rungs"] = [rung(ladder, "few-shot")]
-    single["recommendation"] = None
+def test_a_rung_without_throughput_costs_n_a_not_a_crash(ladder: Ladder) -> None:
+    """A rung that served nothing has an unbounded cost per request: no bar, marked n/a, the axis kept."""
+    ladder.rung("rag").cost.per_1000_requests = math.inf
+    svg = charts_of(render_html(ladder))["cost"]
+    bars = list(svg.iter("{http://www.w3.org/2000/svg}rect"))
+    labels = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert len(bars) == len(ladder.rungs) - 1 and "n/a" in labels
+
+
+def test_a_single_rung_renders(ladder: Ladder) -> None:
+    single = ladder.model_copy(deep=True)
+    single.rungs = [ladder.rung("few-shot")]
+    single.recommendation = Recommendation(rung=None, reason="")
     html = render_html(single)
     assert outline(html).rows["ladder"] == ["few-shot"]
     assert set(charts_of(html)) == {"metric", "latency", "cost"}
     assert "no rung could be recommended" in html
 
 
-def test_write_report_writes_the_rendered_page(ladder: dict[str, Any], tmp_path: Path) -> None:
+def test_write_report_writes_the_rendered_page(ladder: Ladder, tmp_path: Path) -> None:
     target = tmp_path / "eval" / "report.html"
     write_report(ladder, target)
     assert target.read_text(encoding="utf-8") == render_html(ladder)
@@ -191,8 +203,9 @@ def test_formatting() -> None:
     ]
     assert [p_value(v) for v in (0.0002, 0.7125, None)] == ["p ≤ 0.001", "p = 0.713", ""]
     assert signed(-0.0133) == "\u22120.013" and signed(0.8133) == "+0.813"
-    assert task_name({"task": {"test": "examples/support-tickets/test.jsonl"}}) == "support-tickets"
-    assert task_name({"task": {"test": "data/held_out.jsonl"}}) == "held_out"
+    task = LadderTask(test="examples/support-tickets/test.jsonl", examples=150, dataset_hash="0" * 64)
+    assert task_name(task) == "support-tickets"
+    assert task_name(task.model_copy(update={"test": "data/held_out.jsonl"})) == "held_out"
 
 
 # ---- in a real browser ------------------------------------------------------------------------------
@@ -245,7 +258,7 @@ def png_size_and_colours(path: Path) -> tuple[int, int, int, float]:
     return width, height, len(colours), 1 - white / (width * height)
 
 
-def test_report_renders_in_headless_chromium(ladder: dict[str, Any], tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(ladder: Ladder, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     write_report(ladder, page)
     screenshot = tmp_path / "report.png"
@@ -257,6 +270,6 @@ def test_report_renders_in_headless_chromium(ladder: dict[str, Any], tmp_path: P
 
     dom = chromium(tmp_path, page, "--dump-dom").stdout
     seen = outline(dom)
-    assert seen.rows["ladder"] == [r["name"] for r in ladder["rungs"]]
+    assert seen.rows["ladder"] == [r.name for r in ladder.rungs]
     assert set(seen.shapes) == set(CHARTS)
     assert all(seen.shapes[chart] >= 4 for chart in CHARTS), seen.shapes

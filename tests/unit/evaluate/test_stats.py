@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
+from hone.evaluate import stats
+from hone.evaluate.stats import Statistic, bootstrap_interval, flips, paired_bootstrap
 
 
 def correct(right: int, total: int) -> np.ndarray:
@@ -131,12 +132,86 @@ def test_flips_by_hand() -> None:
         flips([True, False], [True])
 
 
-def test_mean_metrics_for_a_whole_ladder_take_well_under_a_second() -> None:
+def ladder_values(rungs: int, metrics: int, n: int) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(0)
-    rungs = [[rng.random(150) for _ in range(10)] for _ in range(5)]
-    began = time.perf_counter()
+    return [[rng.random(n) for _ in range(metrics)] for _ in range(rungs)]
+
+
+def count_statistic_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts every call of a statistic in the form of a function of resampled indices: once per resample
+    on the per-resample path, a few times per statistic on the vectorised one."""
+    calls = [0]
+    real = stats._as_function
+
+    def counting(statistic: stats.Statistic, n: int) -> Callable[[np.ndarray], float]:
+        function = real(statistic, n)
+
+        def counted(indices: np.ndarray) -> float:
+            calls[0] += 1
+            return function(indices)
+
+        return counted
+
+    monkeypatch.setattr(stats, "_as_function", counting)
+    return calls
+
+
+def ladder_statistics(rungs: list[list[Statistic]], n: int) -> list[tuple[float, ...]]:
+    """Every metric's interval on every rung and its paired bootstrap against the first rung."""
+    results: list[tuple[float, ...]] = []
     for metrics in rungs:
         for index, values in enumerate(metrics):
-            bootstrap_interval(values, 150)
-            paired_bootstrap(rungs[0][index], values, 150)
-    assert time.perf_counter() - began < 1.0
+            results.append(bootstrap_interval(values, n))
+            paired = paired_bootstrap(rungs[0][index], values, n)
+            results.append((paired.delta, paired.low, paired.high, paired.p_value))
+    return results
+
+
+def test_a_whole_ladder_of_mean_metrics_takes_the_vectorised_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes the ladder's statistics fast: metrics that are means (arrays) are resampled with one
+    gather-and-mean per block, never a Python call per resample. benchmarks/bootstrap_stats.py times it."""
+    n = 150
+    rungs = ladder_values(5, 10, n)
+    calls = count_statistic_calls(monkeypatch)
+
+    results = ladder_statistics(rungs, n)
+
+    assert len(results) == 2 * 5 * 10
+    assert calls[0] <= 3 * len(results), "only whole-set values, no per-resample calls"
+    calls[0] = 0
+    ladder_statistics([[lambda rows, v=v: float(v[rows].mean()) for v in rungs[0]]], n)
+    assert calls[0] >= 3 * 1000 * 10, "the per-resample path calls the statistic once per resample"
+
+
+def test_the_vectorised_path_gives_the_per_resample_results() -> None:
+    """The fast path is the slow one, computed differently: the same resamples, the same figures."""
+    n = 150
+    arrays = ladder_values(2, 10, n)
+    functions = [[lambda rows, v=v: float(v[rows].mean()) for v in metrics] for metrics in arrays]
+    fast, reference = ladder_statistics(arrays, n), ladder_statistics(functions, n)
+    assert any(low < high for _, low, high, *_ in fast), "the values vary: the intervals are not points"
+    for vectorised, per_resample in zip(fast, reference, strict=True):
+        assert vectorised == pytest.approx(per_resample, rel=1e-12, abs=1e-12)
+
+
+def test_large_test_sets_are_resampled_in_bounded_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays flat: no block of resampled indices holds more than _BLOCK_ELEMENTS, and splitting the
+    resamples into blocks changes nothing in the result."""
+    monkeypatch.setattr(stats, "_BLOCK_ELEMENTS", 64 * 150)
+    shapes: list[tuple[int, ...]] = []
+    real = stats._resample_blocks
+
+    def recording(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+        for block in real(n, resamples, seed):
+            shapes.append(block.shape)
+            yield block
+
+    monkeypatch.setattr(stats, "_resample_blocks", recording)
+    values = np.random.default_rng(4).random(150)
+
+    vectorised = bootstrap_interval(values, 150, resamples=1000, seed=3)
+    per_resample = bootstrap_interval(lambda rows: float(values[rows].mean()), 150, resamples=1000, seed=3)
+
+    assert shapes[:16] == [(64, 150)] * 15 + [(40, 150)]  # 1000 resamples, 64 rows a block
+    assert all(rows * n <= 64 * 150 for rows, n in shapes)
+    assert vectorised == pytest.approx(per_resample, rel=1e-12)
