@@ -176,7 +176,7 @@ class TrainConfig(Strict):
         False,
         description="Batch SFT and pretraining examples of similar length so batches carry little padding "
         "(transformers' LengthGroupedSampler); ignored with packing. Off by default: on the example task it "
-        "trained faster but lost exact match (benchmarks/RESULTS.md, \"Quickstart wall time\").",
+        'trained faster but lost exact match (benchmarks/RESULTS.md, "Quickstart wall time").',
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."

@@ -107,9 +107,7 @@ def test_full_fine_tuning_exports_its_model(tmp_path: Path, tiny_model_dir: Path
 
     tokenizer = load_tokenizer(merged)
     assert torch.equal(logits(load_model(merged), tokenizer), logits(load_model(run / "model"), tokenizer))
-    assert RunFolder.open(run).manifest.artifacts["export_merged"] == str(
-        (tmp_path / "elsewhere").resolve()
-    )
+    assert RunFolder.open(run).manifest.artifacts["export_merged"] == str((tmp_path / "elsewhere").resolve())
 
 
 def test_qlora_merge_is_refused_with_the_reason(
