@@ -57,10 +57,13 @@ Overrides = Annotated[
 
 @config_app.command("validate")
 def config_validate(path: Path, overrides: Overrides = None) -> None:
-    """Check a config file; exit code 2 with the full path of every bad field."""
+    """Check a config file and that every file, folder, model and run it names is there; exit code 2 with
+    the full path of every bad field."""
     from hone.config import load_config
+    from hone.preflight import check_config
 
-    load_config(path, overrides)
+    for note in check_config(load_config(path, overrides), str(path)):
+        console.print(f"[yellow]note[/] {note}")
     console.print(f"[green]ok[/] {path}")
 
 
@@ -291,11 +294,18 @@ def export(
     console.print(f"[green]merged model[/] {exported.merged}\n[green]GGUF[/] {exported.model}")
     console.print(f"[green]LoRA GGUF[/] {exported.lora or f'[dim]none: {exported.lora_skipped}[/]'}")
     console.print(f"[green]Ollama[/] ollama create {exported.run.name} -f {exported.modelfile}")
+    if exported.system_warning:
+        errors.print(Text.assemble(("warning: ", "bold yellow"), exported.system_warning), soft_wrap=True)
     if parity:
         result = parity_check(exported)
         console.print(parity_table(result))
+        for problem in result.problems:
+            errors.print(Text.assemble(("parity proves nothing for ", "red"), problem), soft_wrap=True)
         if not result.ok:
-            errors.print(f"[red]a {quant} GGUF should give the merged model's greedy outputs; it does not[/]")
+            if not result.problems:
+                errors.print(
+                    f"[red]a {quant} GGUF should give the merged model's greedy outputs; it does not[/]"
+                )
             raise typer.Exit(1)
 
 

@@ -13,18 +13,27 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hone.errors import HoneError
+from hone.config_text import apply_overrides, read_yaml
+from hone.errors import HoneError, quoted
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # hone's CPU training kernels (hone.train.cpu), in the order they are applied: train.cpu_kernels names them.
 CPU_KERNELS = ("fast_dropout", "fused_lora", "attention", "rotary", "compiled_ops")
 
+# Upper bounds on counts and sizes: far above any real use, low enough that a slip of the keyboard
+# (`batch_size: 1.0e+12`, `epochs: 1e308`) is an error at validation, not a run that hangs or fails late.
+MAX_TOKENS = 1_048_576  # a sequence, or the tokens generated for one answer
+MAX_BATCH = 65_536  # examples in one forward pass, or forward passes in one optimizer step
+MAX_STEPS = 100_000_000  # optimizer steps, and step intervals (eval, save, log, patience)
+MAX_EXAMPLES = 1_000_000_000  # examples, probes or requests counted
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit and not negative
+
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
+    """Base for every config section: unknown keys are errors, and no number is NaN or infinite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -33,12 +42,19 @@ class ModelConfig(Strict):
         description="Base model: built-in alias, local Hugging Face folder, local .gguf file or hub id.",
     )
     max_length: int = Field(
-        512, ge=16, description="Longest tokenised example; longer ones follow the truncation policy."
+        512,
+        ge=16,
+        le=MAX_TOKENS,
+        description="Longest tokenised example; longer ones follow the truncation policy.",
     )
     truncation: Literal["keep_start", "keep_end", "drop"] = Field(
         "keep_start",
         description="Too long: keep_start cuts the end, keep_end cuts the start, drop leaves it out.",
     )
+
+
+# auto, or a format of hone.data.formats.FORMATS (tests/unit/test_config.py keeps the two the same).
+DataFormat = Literal["auto", "messages", "alpaca", "prompt_completion", "preference", "openai_dpo", "text"]
 
 
 class DataConfig(Strict):
@@ -49,7 +65,9 @@ class DataConfig(Strict):
     train: Path = Field(description="Training examples: JSONL, JSON, CSV, Parquet or a `datasets` folder.")
     validation: Path | None = Field(None, description="Validation examples, for eval loss during training.")
     test: Path | None = Field(None, description="Frozen held-out examples for evaluation; never trained on.")
-    format: str = Field("auto", description="Data format: auto (detected per file) or a format name.")
+    format: DataFormat = Field(
+        "auto", description="Data format: auto (detected per file) or the one format of every file."
+    )
     system_prompt: str | None = Field(
         None,
         description="System prompt put in front of examples that have none; None leaves them as they are.",
@@ -70,8 +88,10 @@ class DataConfig(Strict):
 
 class LoraAdapter(Strict):
     kind: Literal["lora"] = Field("lora", description="Low-rank adapters on a frozen full-precision base.")
-    r: int = Field(16, ge=1, description="Rank of the update matrices.")
-    alpha: int = Field(32, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    r: int = Field(16, ge=1, le=65_536, description="Rank of the update matrices.")
+    alpha: int = Field(
+        32, ge=1, le=1_048_576, description="Scaling numerator: the update is scaled by alpha / r."
+    )
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list of module names."
@@ -113,8 +133,10 @@ class RlSettings(Strict):
         None,
         description="'path/to/file.py:function' (a Python reward function) or a reward-model run folder.",
     )
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled completion.")
+    num_generations: int = Field(
+        4, ge=2, le=MAX_BATCH, description="Completions sampled per prompt (the group)."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS, description="Longest sampled completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
     beta: float = Field(0.0, ge=0, description="KL penalty towards the reference model; 0 needs none.")
 
@@ -131,11 +153,15 @@ class TrainConfig(Strict):
         None, gt=0, description="Peak learning rate; None picks 2e-4 for LoRA/QLoRA and 2e-5 for full."
     )
     epochs: float = Field(
-        3.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."
+        3.0, gt=0, le=1000, description="Passes over the training split (ignored when max_steps is set)."
     )
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(4, ge=1, description="Examples per device per forward pass.")
-    gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps."
+    )
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH, description="Examples per device per forward pass.")
+    gradient_accumulation: int = Field(
+        1, ge=1, le=MAX_BATCH, description="Forward passes per optimizer step."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the rate.")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."
@@ -182,29 +208,34 @@ class TrainConfig(Strict):
         "auto", description="auto: off on CPU (it only costs time there), on for models that need it on GPU."
     )
     eval_every: int | None = Field(
-        None, ge=1, description="Validation loss every N steps; None: once per epoch."
+        None, ge=1, le=MAX_STEPS, description="Validation loss every N steps; None: once per epoch."
     )
-    logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
+    logging_steps: int = Field(5, ge=1, le=MAX_STEPS, description="Log loss and throughput every N steps.")
     save_every: int | None = Field(
         None,
         ge=1,
+        le=MAX_STEPS,
         description="Checkpoint every N steps for resume; None: at every validation (or once per epoch).",
     )
     keep_checkpoints: int = Field(
         2,
         ge=2,
+        le=10_000,
         description="Newest checkpoints kept, at least 2 so one whole checkpoint survives a crash mid-save.",
     )
     keep_best: bool = Field(
         True, description="With a validation split, end with the weights of the lowest validation loss."
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many validations without a lower loss; None: never."
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Stop after this many validations without a lower loss; None: never.",
     )
     report_to: list[str] = Field(
         default_factory=list, description="Extra live loggers passed to transformers: wandb, tensorboard."
     )
-    seed: int = Field(42, description="Seed for weights init, dropout and data order.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights init, dropout and data order.")
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="Settings of method dpo.")
     rl: RlSettings = Field(default_factory=RlSettings, description="Settings of method rl.")
 
@@ -265,7 +296,9 @@ class TrainConfig(Strict):
 
 
 class FewShotSettings(Strict):
-    k: int = Field(3, ge=1, description="Worked examples from the train split put before each test prompt.")
+    k: int = Field(
+        3, ge=1, le=1024, description="Worked examples from the train split put before each test prompt."
+    )
     selection: Literal["nearest", "random"] = Field(
         "nearest", description="nearest: most similar by embedding to the test prompt; random: seeded sample."
     )
@@ -275,8 +308,10 @@ class RagSettings(Strict):
     knowledge: Path | None = Field(
         None, description="Knowledge base: a folder of .md/.txt files, or one file; None skips the RAG rung."
     )
-    top_k: int = Field(3, ge=1, description="Chunks retrieved into each prompt.")
-    chunk_words: int = Field(120, ge=10, description="Largest chunk, in words; chunks follow paragraphs.")
+    top_k: int = Field(3, ge=1, le=1024, description="Chunks retrieved into each prompt.")
+    chunk_words: int = Field(
+        120, ge=10, le=MAX_TOKENS, description="Largest chunk, in words; chunks follow paragraphs."
+    )
 
 
 class TargetSettings(Strict):
@@ -296,6 +331,7 @@ class CostSettings(Strict):
     requests: int = Field(
         1_000_000,
         ge=1,
+        le=10**15,
         description="Requests the recommendation amortises one-off training cost over.",
     )
 
@@ -303,15 +339,20 @@ class CostSettings(Strict):
 class GeneralSettings(Strict):
     enabled: bool = Field(True, description="Check general capability (forgetting) of fine-tuned rungs.")
     limit: int | None = Field(
-        None, ge=1, description="Use N probes of the shipped set, taking the four categories in turn."
+        None,
+        ge=1,
+        le=MAX_EXAMPLES,
+        description="Use N probes of the shipped set, taking the four categories in turn.",
     )
-    max_new_tokens: int = Field(32, ge=1, description="Longest answer to a probe question.")
+    max_new_tokens: int = Field(32, ge=1, le=MAX_TOKENS, description="Longest answer to a probe question.")
     lm_eval_tasks: list[str] = Field(
         default_factory=list,
         description="lm-evaluation-harness tasks run before and after (needs hone[lmeval]).",
     )
     lm_eval_include: Path | None = Field(None, description="Folder of local lm-evaluation-harness task YAML.")
-    lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm-evaluation-harness task.")
+    lm_eval_limit: int | None = Field(
+        None, ge=1, le=MAX_EXAMPLES, description="Examples per lm-evaluation-harness task."
+    )
 
 
 class JudgeSettings(Strict):
@@ -321,7 +362,7 @@ class JudgeSettings(Strict):
         description="What the judge grades on; it replies with a score from 1 to max_score.",
     )
     max_score: int = Field(5, ge=2, le=100, description="Top of the score scale (the bottom is 1).")
-    max_new_tokens: int = Field(8, ge=1, description="Longest judge reply.")
+    max_new_tokens: int = Field(8, ge=1, le=MAX_TOKENS, description="Longest judge reply.")
 
 
 class ApiRung(Strict):
@@ -338,10 +379,11 @@ class EvaluateConfig(Strict):
         None,
         description="JSON Schema the outputs must follow; enables schema adherence and per-field scores.",
     )
-    max_new_tokens: int = Field(96, ge=1, description="Longest generated answer.")
+    max_new_tokens: int = Field(96, ge=1, le=MAX_TOKENS, description="Longest generated answer.")
     batch_size: int = Field(
         64,
         ge=1,
+        le=MAX_BATCH,
         description="Most prompts generated together (left-padded, KV cache); batches of long prompts hold "
         "fewer, within 32,768 tokens of prompt plus new tokens. Larger batches generate more tokens/s on CPU "
         "too (benchmarks/RESULTS.md); reported latency is the batch's wall time, so it grows with the batch.",
@@ -352,7 +394,9 @@ class EvaluateConfig(Strict):
         "alike); auto: bf16 on GPUs with bf16 and on CPUs with AMX or AVX512-BF16 (faster, with the same "
         "verdict on the quickstart's ladder: benchmarks/RESULTS.md), else fp32.",
     )
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N test examples.")
+    limit: int | None = Field(
+        None, ge=1, le=MAX_EXAMPLES, description="Evaluate only the first N test examples."
+    )
     metrics: list[str] = Field(
         default_factory=list,
         description="Task metrics to report; empty: JSON metrics when references are JSON, else text ones.",
@@ -384,12 +428,14 @@ class EvaluateConfig(Strict):
     primary_metric: str | None = Field(
         None, description="Metric the rungs are compared on; None: target.metric, else exact_match."
     )
-    bootstrap_resamples: int = Field(1000, ge=100, description="Resamples for intervals and significance.")
+    bootstrap_resamples: int = Field(
+        1000, ge=100, le=1_000_000, description="Resamples for intervals and significance."
+    )
     cost: CostSettings = Field(default_factory=CostSettings, description="Prices for cost per request.")
     general: GeneralSettings = Field(
         default_factory=GeneralSettings, description="General-capability (forgetting) check."
     )
-    seed: int = Field(0, description="Seed of few-shot sampling and the bootstrap.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of few-shot sampling and the bootstrap.")
 
     def resolved_primary_metric(self) -> str:
         if self.primary_metric:
@@ -397,9 +443,34 @@ class EvaluateConfig(Strict):
         return self.target.metric if self.target else "exact_match"
 
 
+MAX_RUN_NAME = 128  # characters; the quickstart adds "-ladder", and file systems stop at 255 bytes
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder inside `run.dir`: a separator or `..` would put the run anywhere else."""
+    if not name or len(name) > MAX_RUN_NAME:
+        raise ValueError(f"must be 1 to {MAX_RUN_NAME} characters, got {len(name)}")
+    if name in (".", ".."):
+        raise ValueError("must be a folder name, not '.' or '..'")
+    if "/" in name or "\\" in name:
+        raise ValueError("must be one folder name inside run.dir, without '/' or '\\'")
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        raise ValueError("must not contain control characters")
+    return name
+
+
 class RunConfig(Strict):
-    name: str | None = Field(None, description="Run folder name; None: '<method>-<adapter>-<timestamp>'.")
+    name: str | None = Field(
+        None,
+        description="Run folder name inside run.dir (one plain folder name); "
+        "None: '<method>-<adapter>-<timestamp>'.",
+    )
     dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str | None) -> str | None:
+        return None if name is None else check_run_name(name)
 
 
 class TrackConfig(Strict):
@@ -419,38 +490,6 @@ class HoneConfig(Strict):
     track: TrackConfig = Field(default_factory=TrackConfig, description="Experiment tracking (MLflow).")
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=value`; the value is read as YAML so numbers, booleans and lists get their types."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise HoneError(f"override {text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a copy of the raw config dict; intermediate sections are created."""
-    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
-    for text in overrides:
-        path, value = parse_override(text)
-        node = result
-        for depth, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if isinstance(child, str) and path[: depth + 1] == ["train", "adapter"]:
-                child = {"kind": child}  # `adapter: lora` shorthand, then `train.adapter.r=8`
-            if child is None:
-                child = {}
-            if not isinstance(child, dict):
-                raise HoneError(f"override {text!r}: {'.'.join(path[: depth + 1])} is not a section")
-            node[part] = child
-            node = child
-        node[path[-1]] = value
-    return result
-
-
 def without_union_tags(location: tuple[Any, ...]) -> list[Any]:
     """Drop the discriminator tag pydantic puts in paths (`train.adapter.lora.r` -> `train.adapter.r`)."""
     parts: list[Any] = []
@@ -461,33 +500,21 @@ def without_union_tags(location: tuple[Any, ...]) -> list[Any]:
     return parts
 
 
+SHOWN_PROBLEMS = 20  # config problems listed in one error
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem, each naming the full dotted path of the field."""
     lines = [f"{source}: invalid config"]
-    for item in error.errors():
+    problems = error.errors()
+    for item in problems[:SHOWN_PROBLEMS]:
         path = ".".join(str(part) for part in without_union_tags(item["loc"]))
         got = item.get("input")
-        shown = "" if isinstance(got, dict) or item["type"] == "missing" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or item["type"] == "missing" else f" (got {quoted(got)})"
         lines.append(f"  {path}: {item['msg']}{shown}")
+    if len(problems) > SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
     return "\n".join(lines)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise HoneError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise HoneError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise HoneError(
-            f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}"
-        )
-    return raw
 
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> HoneConfig:

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hone.errors import HoneError
+from hone.errors import HoneError, clipped, value_problem
 from hone.io import atomic_write_json
 
 MANIFEST_FORMAT = 1
@@ -319,11 +319,13 @@ def parse(model: type[RecordT], value: Any, source: str | Path) -> RecordT:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        raise HoneError(f"{source}: {field}: {error['msg']}") from None
+        raise HoneError(f"{source}: {clipped(field)}: {error['msg']}") from None
 
 
 def read(model: type[RecordT], path: Path) -> RecordT:
     """Read one typed run file; a missing, truncated or foreign file is a HoneError, not a traceback."""
+    if path.exists() and not path.is_file():  # a folder, or a FIFO or device that would block or never end
+        raise HoneError(f"{path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -334,6 +336,10 @@ def read(model: type[RecordT], path: Path) -> RecordT:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HoneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); truncated?") from None
+    except RecursionError:
+        raise HoneError(f"{path}: not a run file: JSON nested too deeply to read") from None
+    except ValueError as exc:  # a number longer than Python converts
+        raise HoneError(f"{path}: not a run file: {value_problem(exc)}") from None
     return parse(model, value, path)
 
 

@@ -19,7 +19,7 @@ from hone.contract import EvaluationLink, Ladder, LadderRung
 from hone.errors import HoneError
 from hone.evaluate.ladder import prepare, run_ladder
 from hone.evaluate.summary import show_ladder
-from hone.runs import RunFolder, open_language_model_run
+from hone.runs import RunFolder, failure_recorded, open_language_model_run
 from hone.track import track_completed
 from hone.train.pipeline import run_training
 
@@ -33,21 +33,20 @@ def run_quickstart(config: HoneConfig, console: Console) -> tuple[RunFolder, Run
     run = run_training(config, console, track=False)
     evaluation = RunFolder.create(config, "evaluation", name=f"{run.path.name}-ladder")
     link = os.path.relpath(evaluation.path, run.path)
-    try:
+
+    def link_failure(error: str) -> None:
+        run.update(evaluation=EvaluationLink(status="failed", run=link, error=error))
+
+    with failure_recorded(evaluation, also=link_failure):  # an error or SIGTERM: both runs say so
         inputs.candidates.append(open_language_model_run(run.path, "are evaluated"))
         evaluation.update(evaluates=os.path.relpath(run.path, evaluation.path))
         ladder = run_ladder(inputs, evaluation, console)
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        evaluation.finish("failed", error=error)
-        run.update(evaluation=EvaluationLink(status="failed", run=link, error=error))
-        raise
-    evaluation.update(
-        candidates=[str(run.path)],
-        metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
-        recommendation=ladder.recommendation,
-    )
-    evaluation.finish("completed")
+        evaluation.update(
+            candidates=[str(run.path)],
+            metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
+            recommendation=ladder.recommendation,
+        )
+        evaluation.finish("completed")
     tuned = next(rung for rung in ladder.rungs if rung.kind == "fine-tuned")
     run.update(metrics=headline(tuned), evaluation=evaluation_link(ladder, link))
     if config.track.enabled:

@@ -27,17 +27,21 @@ always true to what is on disk.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from pydantic import BaseModel
 
 import hone
 from hone import contract
-from hone.config import HoneConfig, dump_config
+from hone.config import HoneConfig, check_run_name, dump_config
 from hone.contract import BaseModelRef, CodeVersion, Hardware, Manifest, RunKind, RunStatus
 from hone.errors import HoneError
 from hone.hardware import machine
@@ -95,6 +99,10 @@ class RunFolder:
         existing models was evaluated: ladder.json, report.html). `name` overrides `run.name`.
         """
         name = name or config.run.name or default_run_name(config, kind)
+        try:
+            check_run_name(name)
+        except ValueError as exc:
+            raise HoneError(f"run.name: {name!r} {exc}") from None
         path = config.run.dir / name
         if path.exists():
             raise HoneError(f"{path}: run folder already exists; choose another run.name")
@@ -152,6 +160,94 @@ class RunFolder:
             fields["error"] = error
         self.update(**fields)
 
+    def evaluation_run(self) -> Path | None:
+        """The evaluation run that judged this training run (the quickstart's `<run>-ladder`), if linked."""
+        link = self.manifest.evaluation
+        return sibling_run(self.path, link.run, "evaluation.run") if link and link.run else None
+
+    def evaluated_run(self) -> Path | None:
+        """The training run this evaluation run was made for, if it names one."""
+        evaluates = self.manifest.evaluates
+        return sibling_run(self.path, evaluates, "evaluates") if evaluates else None
+
+
+def inside_run(run_path: Path, recorded: str, field: str) -> Path:
+    """The path a manifest `field` records relative to its run folder, refused when it leads out of it.
+
+    A manifest is input like any other file: `../../etc` or an absolute path (or a link inside the run
+    pointing elsewhere) must not make a reader load or log what lies outside the run.
+    """
+    where = run_path / recorded
+    if PurePath(recorded).is_absolute() or not where.resolve().is_relative_to(run_path.resolve()):
+        raise HoneError(
+            f"{run_path / MANIFEST}: {field}: {recorded!r} leads outside the run folder; "
+            "expected a path inside it, such as 'adapter'"
+        )
+    return where
+
+
+def sibling_run(run_path: Path, recorded: str, field: str) -> Path:
+    """A link to another run folder in the same runs folder (`../<name>`), refused when it leads elsewhere."""
+    parts = PurePath(recorded).parts
+    where = run_path / recorded
+    plain = len(parts) == 2 and parts[0] == ".." and parts[1] not in (".", "..")
+    if not plain or where.resolve().parent != run_path.resolve().parent:
+        raise HoneError(
+            f"{run_path / MANIFEST}: {field}: {recorded!r} is not a run folder beside this one; "
+            "expected '../<run name>'"
+        )
+    return where
+
+
+class Terminated(SystemExit):
+    """SIGTERM turned into an exception, so a run that is stopped records it before the process ends.
+
+    A SystemExit, so no `except Exception` on the way swallows it; it exits 143 (128 + SIGTERM) as the
+    signal itself would have.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"terminated by {signal.Signals(self.signum).name}"
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def failure_recorded(
+    run: RunFolder, record: bool = True, also: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Any exception in the block, SIGTERM included, marks the run `failed` with the error, then propagates.
+
+    Without this a run that fails after its folder exists (a model that does not load, a `kill`) would
+    say `running` forever. `record=False` (processes other than the main one) only turns SIGTERM into
+    `Terminated`; `also` is called with the error text while further SIGTERMs are held off.
+    """
+    handling = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if handling else None
+    try:
+        yield
+    except BaseException as exc:
+        if record:
+            if handling:  # a second SIGTERM must not cut the record short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                run.finish("failed", error=error)
+                if also is not None:
+                    also(error)
+            except Exception as unrecorded:  # the original error is the one to show
+                logger.warning("%s: could not record the failure: %s", run.path, unrecorded)
+        raise
+    finally:
+        if handling:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
 
 @dataclass(frozen=True)
 class FinishedRun:
@@ -191,7 +287,7 @@ def open_finished_run(run_path: Path, use: str) -> FinishedRun:
         raise HoneError(f"{run_path}: run status is {manifest.status!r}; only completed runs {use}")
     if manifest.kind != "training" or manifest.method is None or manifest.adapter is None:
         raise HoneError(f"{run_path}: a {manifest.kind} run holds no trained model; only training runs {use}")
-    weights = run_path / manifest.artifacts.get("weights", "")
+    weights = inside_run(run_path, manifest.artifacts.get("weights", ""), "artifacts.weights")
     if not (weights / "config.json").is_file() and not (weights / "adapter_config.json").is_file():
         raise HoneError(f"{weights}: the run's weights are missing (expected an adapter/ or model/ folder)")
     recorded = Path(manifest.base_model.path) if manifest.base_model.path else None

@@ -25,7 +25,7 @@ import yaml
 
 from hone import contract
 from hone.contract import CodeVersion, Manifest, TrainingMetrics
-from hone.runs import METRICS, RunFolder
+from hone.runs import METRICS, RunFolder, inside_run
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -210,8 +210,9 @@ def log_artifacts(client: MlflowClient, run_id: str, run: RunFolder, manifest: M
             client.log_artifact(run_id, str(run.path / name))
     declared = manifest.artifacts.get("weights")
     for folder in ([declared] if declared else []) + list(WEIGHT_FOLDERS):
-        if (run.path / folder).is_dir():
-            client.log_artifacts(run_id, str(run.path / folder), artifact_path=Path(folder).name)
+        path = inside_run(run.path, folder, "artifacts.weights")
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=Path(folder).name)
             return
 
 

@@ -116,6 +116,29 @@ def test_resume_refuses_a_completed_run_and_changed_data(
         resume_training(run.path, Console(record=True))
 
 
+def test_resume_skips_a_damaged_newest_checkpoint_for_the_previous_complete_one(resume_config: Path) -> None:
+    config = load_config(resume_config, ["run.name=damaged", "train.max_steps=8", "train.save_every=4"])
+    run = run_training(config, Console(record=True))
+    uninterrupted = load_file(run.path / "adapter" / "adapter_model.safetensors")
+    assert [(step, done) for step, _, done in checkpoint_steps(run.path)] == [(4, True), (8, True)]
+    run.update(status="failed", error="stopped")  # as a run stopped after its last checkpoint is left
+    optimizer = run.path / "checkpoints" / "checkpoint-8" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])  # marked complete, then cut short
+
+    resumed = hone("train", "--resume", str(run.path))
+    output, _ = resumed.communicate(timeout=300)
+
+    assert resumed.returncode == 0, output
+    assert "skipped and removed checkpoint-8: optimizer.pt is 1000 bytes;" in output
+    assert "Resuming damaged from checkpoint-4" in output
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and "error" not in manifest
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["training"]["steps"] == 8
+    assert json.loads((run.path / "checkpoints" / "checkpoint-8" / COMPLETE).read_text())["step"] == 8
+    resumed_weights = load_file(run.path / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(uninterrupted[name], resumed_weights[name]) for name in uninterrupted)
+
+
 def off_task_validation(path: Path) -> Path:
     """Answers of random words: the more the model learns the task, the worse it predicts them."""
     rng = random.Random(0)

@@ -117,3 +117,62 @@ def test_evaluate_bad_input_exits_2_before_any_run_folder(
     unknown_metric = hone("evaluate", "-c", str(config))
     assert unknown_metric.returncode == 2
     assert "evaluate.target.metric: 'bleu' is not among this task's metrics" in unknown_metric.stderr
+
+
+def test_evaluate_refuses_a_truncated_candidate_before_any_rung_runs(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+) -> None:
+    from rich.console import Console
+
+    from hone.config import load_config
+    from hone.train.pipeline import run_training
+
+    config = ladder_config(tmp_path, tiny_model_dir, small_task)
+    settings = ["run.name=tuned", "train.max_steps=1", "train.batch_size=4", "train.precision=fp32"]
+    trained = run_training(load_config(config, settings), Console(width=160), track=False)
+    weights = trained.path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    result = hone("evaluate", "-c", str(config), "--candidate", str(trained.path))
+
+    assert result.returncode == 2, result.stderr
+    assert f"error: {weights}: truncated or corrupt: its header describes" in result.stderr
+    assert "Traceback" not in result.stderr
+    evaluation = tmp_path / "runs" / "ladder"
+    assert not evaluation.exists(), "refused before the evaluation run folder, so no rung wrote predictions"
+
+
+def test_config_validate_names_every_missing_path_and_an_unknown_format(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"# hone config validate {config}\n"
+        "model: {reference: models/missing.gguf}\n"
+        "data: {train: data/train.jsonl, test: data/test.jsonl}\n"
+        "evaluate: {json_schema: schema.json, rag: {knowledge: knowledge}}\n"
+        "train: {method: rl, rl: {reward: reward.py:score}}\n"
+    )
+    missing = hone("config", "validate", str(config), cwd=tmp_path)
+    assert missing.returncode == 2, missing.stdout
+    assert f"{config}: the config names what is not there" in missing.stderr
+    for field, path in [
+        ("data.train", "data/train.jsonl"),
+        ("data.test", "data/test.jsonl"),
+        ("model.reference", "models/missing.gguf"),
+        ("evaluate.json_schema", "schema.json"),
+        ("evaluate.rag.knowledge", "knowledge"),
+        ("train.rl.reward", "reward.py"),
+    ]:
+        assert f"  {field}: {path}: " in missing.stderr, field
+    assert "Traceback" not in missing.stderr
+
+    for name in ("data", "knowledge", "models"):
+        (tmp_path / name).mkdir()
+    for name in ("data/train.jsonl", "data/test.jsonl", "schema.json", "knowledge/faq.md", "reward.py"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "models" / "missing.gguf").write_text("GGUF")
+    assert hone("config", "validate", str(config), cwd=tmp_path).returncode == 0
+
+    unknown = hone("config", "validate", str(config), "data.format=jsonl", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "data.format: Input should be 'auto', 'messages', 'alpaca'" in unknown.stderr
+    assert "(got 'jsonl')" in unknown.stderr

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import annotated_types
 import pytest
 from pydantic import BaseModel
 
@@ -77,6 +81,32 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
         load_config(write(tmp_path, "- a\n- b\n"))
 
 
+def test_anchors_and_aliases_still_load(tmp_path: Path) -> None:
+    text = (
+        "data: {train: &train data/t.jsonl, validation: *train}\n"
+        "run: {dir: &runs out}\n"
+        "model: {reference: *runs}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.data.validation == config.data.train == Path("data/t.jsonl")
+    assert config.model.reference == "out"
+
+
+def test_alias_expansion_and_file_size_are_bounded(tmp_path: Path) -> None:
+    import yaml
+
+    from hone.config_text import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, expanded_size
+
+    wide = "a: &a [" + ", ".join(["x"] * 99) + "]\nb: [" + ", ".join(["*a"] * 99) + "]\n"
+    root, keys, a, b = 1, 2, 1 + 99, 1 + 99 * 100  # `a` is shared, but counted at every alias
+    assert expanded_size(yaml.compose(wide), "w") == root + keys + a + b
+    levels = "\n".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 20) + "]" for i in range(1, 5))
+    with pytest.raises(HoneError, match=f"more than {MAX_CONFIG_VALUES:,} values"):
+        load_config(write(tmp_path, "l0: &l0 x\n" + levels + "\n"))
+    with pytest.raises(HoneError, match=f"at most {MAX_CONFIG_BYTES:,} bytes"):
+        load_config(write(tmp_path, "# " + "x" * MAX_CONFIG_BYTES + "\n"))
+
+
 def test_override_syntax_errors() -> None:
     with pytest.raises(HoneError, match="expected KEY=VALUE"):
         apply_overrides({}, ["train.learning_rate"])
@@ -146,3 +176,65 @@ def test_descriptions_carry_no_measured_figures() -> None:
     assert len(described) > 50 and "train.cpu_kernels" in described
     stale = {path: text for path, text in described.items() if figure.search(text)}
     assert not stale, stale
+
+
+def test_validate_refuses_non_finite_and_absurd_numbers() -> None:
+    """Each of these once validated and started a run that trained on garbage or never ended."""
+    bad = [
+        "train.learning_rate=.inf",
+        "evaluate.target.metric=exact_match",
+        "evaluate.target.min=.nan",
+        "train.batch_size=1000000000000",
+        "model.max_length=1.0e+12",
+        "train.epochs=1e308",
+        "train.adapter.r=10000000",
+        "evaluate.batch_size=1000000",
+        "evaluate.max_new_tokens=1000000000",
+        "train.seed=-1",
+    ]
+    command = [sys.executable, "-c", "from hone.cli import main; main()", "config", "validate"]
+    command += ["configs/quickstart.yaml", *bad]
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "configs/quickstart.yaml: invalid config" in done.stderr
+    for line in (
+        "train.learning_rate: Input should be a finite number (got inf)",
+        "evaluate.target.min: Input should be a finite number (got nan)",
+        "train.batch_size: Input should be less than or equal to 65536",
+        "model.max_length: Input should be less than or equal to 1048576",
+        "train.epochs: Input should be less than or equal to 1000",
+        "train.adapter.r: Input should be less than or equal to 65536",
+        "evaluate.batch_size: Input should be less than or equal to 65536",
+        "evaluate.max_new_tokens: Input should be less than or equal to 1048576",
+        "train.seed: Input should be greater than or equal to 0",
+    ):
+        assert line in done.stderr, done.stderr
+
+
+def numeric_fields(model: type[BaseModel], path: str = "") -> Iterator[tuple[str, type, list[object], type]]:
+    """(field path, int or float, constraints, section) of every number in a config section and below."""
+    for name, field in model.model_fields.items():
+        for inner in typing.get_args(field.annotation) or (field.annotation,):
+            if inner in (int, float):
+                yield f"{path}{name}", inner, field.metadata, model
+            elif isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from numeric_fields(inner, f"{path}{name}.")
+
+
+def test_every_count_has_a_ceiling_and_no_number_is_infinite() -> None:
+    """The class of the bug, not its examples: a new count without an upper bound, or a new section
+    that lets NaN or infinity through, fails here."""
+    found = list(numeric_fields(HoneConfig))
+    paths = {path for path, *_ in found}
+    assert {"train.batch_size", "train.adapter.r", "model.max_length", "train.learning_rate"} <= paths
+    unbounded = [
+        path
+        for path, kind, constraints, _ in found
+        if kind is int
+        and not any(isinstance(c, (annotated_types.Le, annotated_types.Lt)) for c in constraints)
+    ]
+    assert not unbounded, f"int fields without an upper bound: {unbounded}"
+    lenient = {section.__name__ for *_, section in found if section.model_config.get("allow_inf_nan", True)}
+    assert not lenient, f"sections that accept NaN and infinity: {lenient}"

@@ -11,6 +11,7 @@ import pytest
 from hone import contract
 from hone.config import HoneConfig
 from hone.contract import TrainingMetrics, TrainingSummary
+from hone.errors import HoneError
 from hone.runs import RunFolder
 from hone.track import default_tracking_uri, log_run, mlflow_key
 
@@ -187,6 +188,21 @@ def test_a_running_run_logs_what_exists_and_stays_running(tmp_path: Path, store:
     assert {item.path for item in store["client"].list_artifacts(run_id)} == {"manifest.json", "config.yaml"}
     experiment = store["client"].get_experiment_by_name("in-progress")
     assert logged.info.experiment_id == experiment.experiment_id
+
+
+def test_weights_outside_the_run_are_refused_and_the_mlflow_run_fails(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
+    run = make_run(tmp_path, "escaping")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not the run's")
+    run.update(artifacts={"weights": "../../outside"})
+    with pytest.raises(HoneError, match=r"artifacts\.weights: '\.\./\.\./outside' leads outside the run"):
+        log_run(run.path, store["uri"], experiment="escaping")
+    client = store["client"]
+    (logged,) = client.search_runs([client.get_experiment_by_name("escaping").experiment_id])
+    assert logged.info.status == "FAILED"
+    assert "outside" not in {item.path for item in client.list_artifacts(logged.info.run_id)}
 
 
 def test_default_store_is_created_in_the_working_folder(

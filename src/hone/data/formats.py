@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hone.data.sources import RawRecord, json_type
-from hone.errors import HoneError, located
+from hone.errors import HoneError, listed, located, quoted
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "openai_dpo": ("input", "preferred_output", "non_preferred_output"),
@@ -150,7 +150,7 @@ def _require(data: dict[str, Any], name: str) -> None:
 
 def _unrecognised(data: dict[str, Any]) -> _Invalid:
     """Point at the closest format's missing key, since a typo in one column name is the usual cause."""
-    keys = ", ".join(sorted(str(key) for key in data if data[key] is not None)) or "none"
+    keys = listed(sorted(str(key) for key in data if data[key] is not None)) or "none"
     scores = {
         name: sum(_present(data, key) for key in needed) / len(needed) for name, needed in FORMATS.items()
     }
@@ -192,7 +192,7 @@ def _message(message: Any, where: str, roles: tuple[str, ...]) -> dict[str, Any]
     role, content = message.get("role"), message.get("content")
     if role not in roles:
         raise _Invalid(
-            f"{where}.role", f"role {role!r}; expected {'one of ' * (len(roles) > 1)}{', '.join(roles)}"
+            f"{where}.role", f"role {quoted(role)}; expected {'one of ' * (len(roles) > 1)}{', '.join(roles)}"
         )
     if not isinstance(content, str):
         calls = message.get("tool_calls") or message.get("function_call")
@@ -206,7 +206,7 @@ def _message(message: Any, where: str, roles: tuple[str, ...]) -> dict[str, Any]
         if role != "assistant":
             raise _Invalid(f"{where}.weight", "only assistant messages can carry a weight")
         if isinstance(weight, bool) or weight not in (0, 1):
-            raise _Invalid(f"{where}.weight", f"expected 0 or 1, got {weight!r}")
+            raise _Invalid(f"{where}.weight", f"expected 0 or 1, got {quoted(weight)}")
         kept["weight"] = int(weight)
     return kept
 
@@ -240,6 +240,38 @@ def _check_learnable(messages: list[dict[str, Any]], field: str) -> None:
         raise _Invalid(field, "every assistant message has weight 0 (nothing to learn)")
 
 
+def _named(messages: list[dict[str, Any]], field: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Each message with the field it came from: `field[i]` for a list, `field` for a plain string."""
+    if isinstance(value, str):
+        return [(field, message) for message in messages]
+    return [(f"{field}[{index}]", message) for index, message in enumerate(messages)]
+
+
+def _check_order(turns: list[tuple[str, dict[str, Any]]]) -> None:
+    """Roles in the order chat templates and trainers assume: system messages only first, then the
+    user's turn, then user and assistant taking turns; tool results only after the assistant (several
+    in a row are one turn's parallel calls). Many templates render any order without complaint, so a
+    chat out of order would otherwise train silently on a conversation no one will ever send."""
+    for position, (where, message) in enumerate(turns):
+        role = message["role"]
+        previous = turns[position - 1][1]["role"] if position else None
+        if role == previous and role != "tool":
+            raise _Invalid(
+                f"{where}.role",
+                f"two {role} messages in a row ({turns[position - 1][0]} and {where}); merge them, "
+                "or add the missing turn between them",
+            )
+        if role == "system" and position:
+            raise _Invalid(f"{where}.role", "system message in the middle of the chat; it must come first")
+        if previous in (None, "system") and role not in ("system", "user"):
+            raise _Invalid(
+                f"{where}.role",
+                f"the chat starts with {role!r}; the first turn (after any system) is the user's",
+            )
+        if role == "tool" and previous not in ("assistant", "tool"):
+            raise _Invalid(f"{where}.role", f"a tool result after {previous!r}; it must follow the assistant")
+
+
 _Parts = tuple[
     str, list[dict[str, Any]], list[dict[str, Any]] | None, list[dict[str, Any]] | None, str | None
 ]
@@ -247,6 +279,7 @@ _Parts = tuple[
 
 def _from_messages(data: dict[str, Any]) -> _Parts:
     messages = _messages(data["messages"], "messages", MESSAGES_ROLES)
+    _check_order(_named(messages, "messages", data["messages"]))
     _check_learnable(messages, "messages")
     return "chat", messages, None, None, None
 
@@ -264,6 +297,9 @@ def _from_alpaca(data: dict[str, Any]) -> _Parts:
 def _from_prompt_completion(data: dict[str, Any]) -> _Parts:
     prompt = _turns(data["prompt"], "prompt", "user")
     completion = _turns(data["completion"], "completion", "assistant")
+    _check_order(
+        _named(prompt, "prompt", data["prompt"]) + _named(completion, "completion", data["completion"])
+    )
     _check_learnable(completion, "completion")
     return "chat", prompt + completion, None, None, None
 
@@ -271,11 +307,15 @@ def _from_prompt_completion(data: dict[str, Any]) -> _Parts:
 def _from_preference(data: dict[str, Any]) -> _Parts:
     chosen = _turns(data["chosen"], "chosen", "assistant")
     rejected = _turns(data["rejected"], "rejected", "assistant")
+    named_chosen = _named(chosen, "chosen", data["chosen"])
+    named_rejected = _named(rejected, "rejected", data["rejected"])
     if _present(data, "prompt"):
         prompt = _turns(data["prompt"], "prompt", "user")
+        named_prompt = _named(prompt, "prompt", data["prompt"])
         # Some datasets repeat the prompt at the start of chosen and rejected; keep only the replies.
         if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
             chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]
+            named_chosen, named_rejected = named_chosen[len(prompt) :], named_rejected[len(prompt) :]
     else:
         prompt, chosen, rejected = _split_shared_prompt(chosen, rejected)
         if not prompt:
@@ -284,6 +324,10 @@ def _from_preference(data: dict[str, Any]) -> _Parts:
                 "missing, and chosen and rejected share no leading turns to take it from; "
                 "add a prompt, or give both as full conversations",
             )
+        named_prompt = named_chosen[: len(prompt)]
+        named_chosen, named_rejected = named_chosen[len(prompt) :], named_rejected[len(prompt) :]
+    _check_order(named_prompt + named_chosen)
+    _check_order(named_prompt + named_rejected)
     _check_learnable(chosen, "chosen")
     _check_learnable(rejected, "rejected")
     return "preference", prompt, chosen, rejected, None
@@ -312,6 +356,9 @@ def _from_openai_dpo(data: dict[str, Any]) -> _Parts:
     prompt = _messages(given.get("messages"), "input.messages")
     chosen = _messages(data["preferred_output"], "preferred_output", ("assistant",))
     rejected = _messages(data["non_preferred_output"], "non_preferred_output", ("assistant",))
+    named_prompt = _named(prompt, "input.messages", given["messages"])
+    _check_order(named_prompt + _named(chosen, "preferred_output", data["preferred_output"]))
+    _check_order(named_prompt + _named(rejected, "non_preferred_output", data["non_preferred_output"]))
     _check_learnable(chosen, "preferred_output")
     _check_learnable(rejected, "non_preferred_output")
     return "preference", prompt, chosen, rejected, None

@@ -28,6 +28,7 @@ from hone.data.load import raise_problems
 from hone.data.pii import find_pii, redact_pii
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
+from hone.errors import HoneError
 from hone.io import atomic_write_json, atomic_write_jsonl, file_digest
 
 SPLITS = ("train", "validation", "test")
@@ -58,7 +59,7 @@ def label_of(example: Example, field: str) -> str:
     reply = replies[-1]["content"] if replies else (example.text or "")
     try:
         parsed = json.loads(reply)
-    except json.JSONDecodeError:
+    except (RecursionError, ValueError):  # not JSON, nested too deeply, or a number too long to read
         return reply.strip()
     return str(parsed.get(field)) if isinstance(parsed, dict) else reply.strip()
 
@@ -134,6 +135,7 @@ def drop_duplicates(examples: list[Example]) -> tuple[list[Example], int]:
 
 def prepare_dataset(sources: list[SourceSpec], out: Path, options: PrepareOptions) -> Path:
     """Write the dataset version folder (atomically; reused when the same content exists) and return it."""
+    check_out_folder(out)
     records = mix_sources(sources, options.seed)
     examples, errors = load_examples(records, fmt=options.fmt, system_prompt=options.system_prompt)
     raise_problems(errors, "the sources")
@@ -157,9 +159,24 @@ def prepare_dataset(sources: list[SourceSpec], out: Path, options: PrepareOption
         card = dataset_card(version, sources, splits, options, redactions, duplicates)
         atomic_write_json(staging / "card.json", card)
         os.replace(staging, target)
+    except OSError as exc:
+        raise HoneError(f"{out}: could not write the dataset version ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot hold dataset versions before any work is done: an existing file, or a
+    path under one."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == out else f"is under {folder}, which is"
+                raise HoneError(
+                    f"{out}: --out {where} an existing file; it must be a folder for dataset versions"
+                )
+            return
 
 
 def dataset_card(

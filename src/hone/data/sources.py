@@ -14,12 +14,13 @@ import io
 import json
 import math
 import random
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hone.errors import HoneError, located
+from hone.errors import HoneError, listed, located, quoted, value_problem
 
 SUPPORTED = (
     ".jsonl",
@@ -35,6 +36,9 @@ BOM = b"\xef\xbb\xbf"
 # Long documents in one CSV cell are normal for continued pre-training; the csv default (128 KiB) is not.
 CSV_FIELD_LIMIT = 2**31 - 1
 MAX_SHOWN = 20
+# `path@weight` repeats a source `weight` times; beyond these the mix is a typo, not a dataset.
+MAX_WEIGHT = 1000
+MAX_MIXED_RECORDS = 10_000_000
 
 
 @dataclass
@@ -90,7 +94,8 @@ def mix_sources(specs: Iterable[SourceSpec], seed: int) -> list[RawRecord]:
     a generator seeded with `seed` and the source's path, so a source's sample does not change when
     other sources are added or reordered. Records keep their file order within each copy and sources
     keep the given order; shuffling is left to training. Any unreadable record raises one `HoneError`
-    listing every problem in every source.
+    listing every problem in every source, and so does a weight over MAX_WEIGHT or a mix that would grow
+    past MAX_MIXED_RECORDS (`data@100000000` is a typo that would otherwise fill the memory).
     """
     specs = list(specs)
     if not specs:
@@ -100,11 +105,28 @@ def mix_sources(specs: Iterable[SourceSpec], seed: int) -> list[RawRecord]:
     for spec in specs:
         if not (isinstance(spec.weight, (int, float)) and math.isfinite(spec.weight) and spec.weight > 0):
             errors.append(
-                located(spec.path, f"must be a positive number, got {spec.weight!r}", None, "weight")
+                located(spec.path, f"must be a positive number, got {quoted(spec.weight)}", None, "weight")
+            )
+            continue
+        if spec.weight > MAX_WEIGHT:
+            errors.append(
+                located(spec.path, f"{spec.weight:.15g} is over the limit of {MAX_WEIGHT}", None, "weight")
             )
             continue
         records, problems = read_all(spec.path)
         errors.extend(problems)
+        grown = len(mixed) + math.ceil(spec.weight * len(records))
+        if grown > MAX_MIXED_RECORDS:
+            errors.append(
+                located(
+                    spec.path,
+                    f"{spec.weight:.15g} x {len(records):,} records brings the mix to {grown:,} records, "
+                    f"over the limit of {MAX_MIXED_RECORDS:,}",
+                    None,
+                    "weight",
+                )
+            )
+            continue
         whole = math.floor(spec.weight)
         mixed.extend(records * whole)
         extra = math.floor((spec.weight - whole) * len(records) + 0.5)
@@ -122,6 +144,10 @@ def _iter_source(path: Path) -> Iterator[RawRecord | str]:
     """Yield records and per-record problems; raise `HoneError` when the whole source is unreadable."""
     if not path.exists():
         raise HoneError(located(path, "file not found"))
+    if not path.is_dir() and not path.is_file():  # is_file follows links: a link to /dev/zero is refused
+        raise HoneError(
+            located(path, f"not a regular file ({file_kind(path)}); data must be a file or folder")
+        )
     if path.is_dir():
         readers = _documents(path) if _document_files(path) else _datasets_folder(path)
     else:
@@ -171,21 +197,41 @@ def _jsonl(path: Path) -> Iterator[RawRecord | str]:
                 continue
             try:
                 parsed = json.loads(text)
-            except json.JSONDecodeError as exc:
-                if not raw.endswith(b"\n"):
-                    yield located(
-                        path,
-                        "truncated last line: no newline at the end and the JSON is incomplete "
-                        f"({exc.msg} at column {exc.colno}); was the file cut off while being written?",
-                        number,
-                    )
-                else:
-                    yield located(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number)
+            except (RecursionError, ValueError) as exc:
+                yield located(path, _json_problem(exc, raw.endswith(b"\n")), number)
                 continue
             if not isinstance(parsed, dict):
                 yield located(path, f"expected a JSON object, got {json_type(parsed)}", number)
                 continue
             yield RawRecord(data=parsed, source=source, line=number)
+
+
+def _json_problem(exc: RecursionError | ValueError, complete: bool) -> str:
+    """Why a line is not one JSON value: malformed, cut off, nested too deeply or a number too long."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply: JSON arrays or objects inside each other beyond what can be read"
+    if not isinstance(exc, json.JSONDecodeError):
+        return f"unreadable JSON: {value_problem(exc)}"
+    if not complete:
+        return (
+            "truncated last line: no newline at the end and the JSON is incomplete "
+            f"({exc.msg} at column {exc.colno}); was the file cut off while being written?"
+        )
+    return f"malformed JSON: {exc.msg} (column {exc.colno})"
+
+
+def file_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, for refusing it by name."""
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "neither a file nor a folder"
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -208,13 +254,15 @@ def _json(path: Path) -> Iterator[RawRecord | str]:
         raise HoneError(
             located(path, f"malformed JSON: {exc.msg} (column {exc.colno})", exc.lineno)
         ) from None
+    except (RecursionError, ValueError) as exc:
+        raise HoneError(located(path, _json_problem(exc, complete=True))) from None
     if isinstance(parsed, list):
         start = len(text) - len(text.lstrip())
     elif isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
         start = _data_offset(text)
         parsed = parsed["data"]
     else:
-        got = f"an object with keys {', '.join(map(str, parsed))}" if isinstance(parsed, dict) else None
+        got = f"an object with keys {listed(parsed)}" if isinstance(parsed, dict) else None
         raise HoneError(
             located(path, 'expected a list of objects, or an object with a list under "data"; got ')
             + (got or json_type(parsed))

@@ -39,8 +39,16 @@ from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
-from hone.models.trained import trained_model
-from hone.runs import LADDER, METRICS, FinishedRun, RunFolder, now, open_language_model_run
+from hone.models.trained import check_weights, trained_model
+from hone.runs import (
+    LADDER,
+    METRICS,
+    FinishedRun,
+    RunFolder,
+    failure_recorded,
+    now,
+    open_language_model_run,
+)
 
 SHOWN_FLIPS = 20
 YES_NO_METRICS = ("exact_match", "normalized_exact_match", "accuracy", "json_valid", "schema_valid", "regex")
@@ -92,6 +100,10 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
     if "rag" in settings.rungs and settings.rag.knowledge is None and "rungs" in settings.model_fields_set:
         raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
     runs = [open_language_model_run(path, "are evaluated") for path in candidates]
+    for candidate in runs:  # a corrupt adapter fails here, not after every prompting rung has run
+        check_weights(candidate.weights)
+        if candidate.kind != "full":
+            check_weights(candidate.base)
     spec = MetricSpec(
         names=list(settings.metrics),
         json_schema=load_schema(settings.json_schema),
@@ -481,15 +493,12 @@ def run_evaluation(config: HoneConfig, candidates: list[Path], console: Console)
     inputs = prepare(config, every)  # bad input fails here, before a run folder exists
     run = RunFolder.create(config, "evaluation")
     console.print(f"[bold]Run folder[/] {run.path}")
-    try:
+    with failure_recorded(run):  # an error or SIGTERM marks the run failed instead of leaving it running
         ladder = run_ladder(inputs, run, console)
-    except BaseException as exc:
-        run.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    run.update(
-        candidates=[str(path) for path in every],
-        metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
-        recommendation=ladder.recommendation,
-    )
-    run.finish("completed")
+        run.update(
+            candidates=[str(path) for path in every],
+            metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
+            recommendation=ladder.recommendation,
+        )
+        run.finish("completed")
     return run, ladder

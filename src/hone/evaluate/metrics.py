@@ -44,7 +44,7 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
         stripped = fenced.group(1)
     try:
         value = json.loads(stripped)
-    except json.JSONDecodeError:
+    except (RecursionError, ValueError):  # not JSON; nested past the parser's depth; a 5000-digit number
         return None
     return value if isinstance(value, dict) else None
 

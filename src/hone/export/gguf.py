@@ -11,7 +11,7 @@ from pathlib import Path
 from hone.errors import HoneError
 from hone.export.llama_cpp import llama_cpp_tools, llama_quantize, run_tools, tools_version
 from hone.export.merge import merge, record_artifact, record_export
-from hone.export.ollama import modelfile
+from hone.export.ollama import modelfile, run_system_prompt
 from hone.io import atomic_write_text, staged_folder
 from hone.models.resolve import load_tokenizer
 from hone.runs import FinishedRun, open_language_model_run
@@ -31,6 +31,7 @@ class GGUFExport:
     modelfile: Path
     lora: Path | None
     lora_skipped: str | None
+    system_warning: str | None = None  # what callers of the Ollama model must know about its system prompt
 
 
 def to_gguf(
@@ -43,15 +44,16 @@ def to_gguf(
     """Merge, then convert with llama.cpp's converter; LoRA runs also get the adapter as a LoRA GGUF.
 
     The Modelfile next to the GGUF lets `ollama create NAME -f Modelfile` serve it with the chat
-    template and stop token the model was trained with.
+    template, stop token and system prompt the model was trained with.
     """
     if quant not in CONVERTER_TYPES and quant not in QUANTIZE_TYPES:
         known = ", ".join([*CONVERTER_TYPES, *QUANTIZE_TYPES])
         raise HoneError(f"--quant {quant!r}: unknown GGUF type; expected one of {known}")
     quantizer = llama_quantize() if quant in QUANTIZE_TYPES else None  # refuse before any work is done
     run = open_language_model_run(run_path, "export")
+    system = run_system_prompt(run)
     merged = merge(run_path, merged_out, dequantize)
-    text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged), run.config.data.system_prompt)
+    text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged), system)
     tools = llama_cpp_tools()
     target = out or run.path / "export" / f"gguf-{quant}"
     skipped = lora_refusal(run)
@@ -70,6 +72,7 @@ def to_gguf(
             quantize(quantizer, converted, staging / files["model"], quant)
         atomic_write_text(staging / files["modelfile"], text)
         details = {"quant": quant, "files": files, "lora_skipped": skipped, "llama_cpp": tools_version(tools)}
+        details["system_prompt"] = {"text": system.text, "source": system.source, "warning": system.warning}
         record_export(staging, run, "gguf", dequantized=run.kind == "qlora", **details)
     record_artifact(run, f"export_gguf_{quant}", target)
     return GGUFExport(
@@ -81,6 +84,7 @@ def to_gguf(
         modelfile=target / files["modelfile"],
         lora=target / files["lora"] if files["lora"] else None,
         lora_skipped=skipped,
+        system_warning=system.warning,
     )
 
 

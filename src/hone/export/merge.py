@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from hone.errors import HoneError
 from hone.io import atomic_write_json, staged_folder
 from hone.models.resolve import load_tokenizer
-from hone.models.trained import merged_model
+from hone.models.trained import check_weights, merged_model
 from hone.runs import FinishedRun, RunFolder, code_version, now, open_language_model_run
 
 EXPORT_RECORD = "export.json"
@@ -46,22 +49,67 @@ def record_artifact(run: FinishedRun, name: str, folder: Path) -> None:
     RunFolder(run.path).update(artifacts={name: relative})
 
 
+def non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """`name: N of M values are NaN or infinite` for the first floating-point tensor that has any."""
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            return f"{name}: {bad} of {tensor.numel()} values are NaN or infinite"
+    return None
+
+
+def saved_tensors(folder: Path) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    """(file, tensor name, tensor) of every safetensors file in a weights folder, one tensor at a time."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as opened:
+            for name in opened.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield file, name, opened.get_tensor(name)
+
+
+def require_finite_files(folder: Path) -> None:
+    """Refuse trained weights with NaN or infinite values: a diverged run exported is a model that
+    answers nothing, and nothing downstream (GGUF, Ollama) would say why."""
+    for file, name, tensor in saved_tensors(folder):
+        problem = non_finite([(name, tensor)])
+        if problem:
+            raise HoneError(
+                f"{file}: tensor {problem}; the run diverged (retrain with a lower train.learning_rate)"
+            )
+
+
+def require_finite_model(model: Any, base: Path) -> None:
+    """The merged weights, for what the adapter's own check cannot see: a base that is not finite, or
+    a merge that overflows."""
+    problem = non_finite(model.state_dict().items())
+    if problem:
+        raise HoneError(f"{base}: merged with the adapter, tensor {problem}; nothing was exported")
+
+
 def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> Path:
     """Write the run's model as one plain safetensors folder that any Hugging Face tool loads.
 
     LoRA is merged into the fp32 base it was trained on. A QLoRA adapter is refused unless `dequantize`
-    is set (see QLORA_REFUSAL). Full fine-tuning already produced a whole model; it is copied.
+    is set (see QLORA_REFUSAL). Full fine-tuning already produced a whole model; it is copied. Weights
+    with NaN or infinite values are refused before anything is written.
     """
     run = open_language_model_run(run_path, "export")
     target = out or run.path / "export" / "merged"
     if run.kind == "qlora" and not dequantize:
         raise HoneError(QLORA_REFUSAL.format(run=run_path))
     dequantized = run.kind == "qlora"
+    check_weights(run.weights)  # a truncated or damaged file is named before any tensor is read
+    require_finite_files(run.weights)
+    model = None if run.kind == "full" else merged_model(run, dequantized)
+    if model is not None:
+        require_finite_model(model, run.base)
     with staged_folder(target) as staging:
-        if run.kind == "full":
+        if model is None:
             shutil.copytree(run.weights, staging, dirs_exist_ok=True)
         else:
-            model = merged_model(run, dequantized)
             model.save_pretrained(staging, safe_serialization=True)
             load_tokenizer(run.weights).save_pretrained(staging)  # with the chat template it was trained on
         record_export(staging, run, "merged", dequantized=dequantized, dtype="float32")

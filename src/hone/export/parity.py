@@ -13,6 +13,7 @@ from rich.table import Table
 from hone.data.load import load_split
 from hone.errors import HoneError
 from hone.export.gguf import EXACT_TYPES, GGUFExport
+from hone.export.ollama import modelfile_system
 from hone.io import atomic_write_json
 from hone.models.resolve import load_model, load_tokenizer
 from hone.runs import FinishedRun, open_language_model_run
@@ -34,9 +35,10 @@ class PromptParity:
     prompt: str
     tokens_match: bool  # the GGUF's own tokenizer reads the prompt as the same token ids
     outputs_match: bool  # greedy generations are identical, token for token
-    max_logit_diff: float  # over the prompt's positions
+    max_logit_diff: float | None  # over the prompt's positions; None when either side's are not finite
     merged_output: str
     gguf_output: str
+    problem: str | None = None  # why this prompt proves nothing: NaN logits, an empty generation
 
 
 @dataclass
@@ -48,33 +50,49 @@ class ParityResult:
 
     @property
     def matched(self) -> int:
-        return sum(p.outputs_match and p.tokens_match for p in self.prompts)
+        return sum(p.outputs_match and p.tokens_match and not p.problem for p in self.prompts)
 
     @property
-    def max_logit_diff(self) -> float:
-        return max((p.max_logit_diff for p in self.prompts), default=0.0)
+    def max_logit_diff(self) -> float | None:
+        """None when a prompt's logits were not finite: no difference to them means anything."""
+        diffs = [p.max_logit_diff for p in self.prompts]
+        return None if None in diffs else max((d for d in diffs if d is not None), default=0.0)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{p.label}: {p.problem}" for p in self.prompts if p.problem]
 
     @property
     def ok(self) -> bool:
-        """Lossy types (q8_0, q4_k_m, bf16) may change a greedy output; f32 and f16 should not."""
+        """Lossy types (q8_0, q4_k_m, bf16) may change a greedy output; f32 and f16 should not. Two
+        empty generations, or two of NaN logits, are identical and still fail: they check nothing."""
+        if self.problems:
+            return False
         return self.matched == len(self.prompts) or self.quant not in EXACT_TYPES
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
-        record.update(matched=self.matched, max_logit_diff=self.max_logit_diff, ok=self.ok)
+        record.update(
+            matched=self.matched, max_logit_diff=self.max_logit_diff, problems=self.problems, ok=self.ok
+        )
         return record
 
 
-def parity_prompts(run: FinishedRun, count: int = 3) -> tuple[list[tuple[str, str]], str]:
+def parity_prompts(
+    run: FinishedRun, count: int = 3, modelfile: Path | None = None
+) -> tuple[list[tuple[str, str]], str]:
     """(label, rendered prompt) from the run's test (else validation) split, else a few fixed chats.
 
     A chat is cut before its last assistant turn and ends with the generation prompt; a document
-    (continued pre-training) gives its first 200 characters.
+    (continued pre-training) gives its first 200 characters. With the export's Modelfile, prompts are
+    also sent as `ollama run` sends them, without a system message: the Modelfile's SYSTEM stands in (the
+    template's default where it has none), so a Modelfile that lost the trained system prompt shows.
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run.weights)
     data = run.config.data
+    served = modelfile_system(modelfile.read_text(encoding="utf-8")) if modelfile else data.system_prompt
     for split in ("test", "validation"):
         path = getattr(data, split)
         if path is None or not Path(path).exists():
@@ -85,10 +103,25 @@ def parity_prompts(run: FinishedRun, count: int = 3) -> tuple[list[tuple[str, st
             logger.warning("parity prompts: %s unreadable (%s); using fixed chats", path, exc)
             break
         prompts = [prompt_text(tokenizer, e.messages, e.text) for e in examples]
+        if modelfile is not None:
+            prompts += as_ollama_sends(tokenizer, [e.messages for e in examples], served)
         if prompts:
             return prompts, f"{split} split ({path})"
-    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+    system = [{"role": "system", "content": served}] if served else []
     return [prompt_text(tokenizer, system + chat, None) for chat in FALLBACK_CHATS], "fixed chats"
+
+
+def as_ollama_sends(
+    tokenizer: Any, chats: list[list[dict[str, Any]]], served: str | None
+) -> list[tuple[str, str]]:
+    """The first chat that starts with a system message, without it, as a client of the Ollama model sends
+    it: the Modelfile's SYSTEM `served` takes its place (the template adds its default when that is None)."""
+    chat = next((chat for chat in chats if chat and chat[0]["role"] == "system"), None)
+    if chat is None:
+        return []
+    system = [{"role": "system", "content": served}] if served else []
+    label, text = prompt_text(tokenizer, system + chat[1:], None)
+    return [(f"no system message: {label}", text)]
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], document: str | None) -> tuple[str, str]:
@@ -113,7 +146,8 @@ def parity_check(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if prompts is None:
-        labelled, source = parity_prompts(open_language_model_run(export.run, "export"))
+        run = open_language_model_run(export.run, "export")
+        labelled, source = parity_prompts(run, modelfile=export.modelfile)
     else:
         labelled, source = [(text[:60], text) for text in prompts], "given prompts"
     folder, name = str(export.model.parent), export.model.name
@@ -138,8 +172,9 @@ def parity_check(
 
 def compare_prompt(
     text: str, tokenizer: Any, gguf_tokenizer: Any, models: tuple[Any, Any], max_new_tokens: int
-) -> tuple[bool, bool, float, str, str]:
-    """Same token ids, same greedy output, largest logit difference, and both outputs."""
+) -> tuple[bool, bool, float | None, str, str, str | None]:
+    """Same token ids, same greedy output, largest logit difference, both outputs, and what makes the
+    comparison void (see `void_comparison`)."""
     batch = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     gguf_ids = gguf_tokenizer(text, add_special_tokens=False)["input_ids"]
     options = {
@@ -152,13 +187,28 @@ def compare_prompt(
     with torch.no_grad():
         logits = [model(**batch).logits for model in models]
         outputs = [model.generate(**batch, **options)[0, start:].tolist() for model in models]
+    finite = all(bool(torch.isfinite(side).all()) for side in logits)
     return (
         gguf_ids == batch["input_ids"][0].tolist(),
         outputs[0] == outputs[1],
-        float((logits[0] - logits[1]).abs().max()),
+        float((logits[0] - logits[1]).abs().max()) if finite else None,
         tokenizer.decode(outputs[0]),
         tokenizer.decode(outputs[1]),
+        void_comparison(logits, [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]),
     )
+
+
+def void_comparison(logits: list[torch.Tensor], texts: list[str]) -> str | None:
+    """Why two generations prove nothing even when they are equal: NaN or infinite logits (argmax of
+    NaN picks the same token on both sides), or a generation with no text (a model that only says
+    end-of-text matches any other that does, whatever its weights)."""
+    problems = []
+    for side, side_logits, generated in zip(("merged model", "GGUF"), logits, texts, strict=True):
+        if not bool(torch.isfinite(side_logits).all()):
+            problems.append(f"the {side}'s logits are NaN or infinite")
+        elif not generated:
+            problems.append(f"the {side} generated no text (only end-of-text or special tokens)")
+    return "; ".join(problems) or None
 
 
 def parity_table(result: ParityResult) -> Table:
@@ -166,8 +216,11 @@ def parity_table(result: ParityResult) -> Table:
         title=f"Parity, greedy: merged model vs {result.quant} GGUF on {result.prompt_source}",
         caption=f"{result.matched}/{len(result.prompts)} prompts identical",
     )
-    for column in ("prompt", "same tokens", "same output", "max |logit diff|"):
+    columns = ["prompt", "same tokens", "same output", "max |logit diff|"]
+    for column in columns + (["problem"] if result.problems else []):
         table.add_column(column)
     for row in result.prompts:
-        table.add_row(row.label, str(row.tokens_match), str(row.outputs_match), f"{row.max_logit_diff:.2e}")
+        diff = "n/a" if row.max_logit_diff is None else f"{row.max_logit_diff:.2e}"
+        problem = [row.problem or ""] if result.problems else []
+        table.add_row(row.label, str(row.tokens_match), str(row.outputs_match), diff, *problem)
     return table

@@ -18,11 +18,13 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hone.errors import HoneError
+from hone.errors import HoneError, clipped, quoted
 from hone.io import file_digest
 
 logger = logging.getLogger(__name__)
@@ -73,19 +75,38 @@ def models_cache() -> Path:
 
 def resolve_model(reference: str) -> Path:
     """Return a local Hugging Face checkpoint folder for the reference, converting GGUF once."""
-    if reference in ALIASES:
+    kind = reference_kind(reference)
+    path = Path(reference).expanduser()
+    if kind == "alias":
         return ensure_converted(ALIASES[reference].locate(), models_cache() / reference)
+    if kind == "folder":
+        return path
+    if kind == "gguf":
+        return ensure_converted(path, models_cache() / f"gguf-{path.stem}-{file_digest(path)[:12]}")
+    return download_from_hub(reference)
+
+
+def reference_kind(reference: str) -> Literal["alias", "folder", "gguf", "hub"]:
+    """alias, folder, gguf or hub: what the reference names, checked without converting or downloading.
+
+    A reference that cannot resolve at all (a missing alias package, a folder without config.json, a
+    missing .gguf) is a HoneError here; whether a hub id exists only the hub can say.
+    """
+    if reference in ALIASES:
+        ALIASES[reference].locate()
+        return "alias"
     path = Path(reference).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HoneError(f"{path}: folder has no config.json; expected a Hugging Face model folder")
-        return path
+        return "folder"
     if path.suffix == ".gguf":
-        if not path.is_file():
+        if not path.exists():
             raise HoneError(f"{path}: GGUF file not found")
-        return ensure_converted(path, models_cache() / f"gguf-{path.stem}-{file_digest(path)[:12]}")
+        check_gguf_file(path)
+        return "gguf"
     if HUB_ID.match(reference):
-        return download_from_hub(reference)
+        return "hub"
     known = ", ".join(sorted(ALIASES))
     raise HoneError(
         f"model {reference!r}: not a built-in alias ({known}), a local folder, a .gguf file "
@@ -93,17 +114,60 @@ def resolve_model(reference: str) -> Path:
     )
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse a `.gguf` reference that is not a GGUF file, from its first bytes, before it is converted."""
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise HoneError(f"{path}: not a regular file; expected a GGUF model file")
+    with path.open("rb") as stream:
+        head = stream.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise HoneError(
+            f"{path}: not a GGUF file: it starts with {quoted(head)}, not the GGUF magic bytes {GGUF_MAGIC!r}"
+        )
+
+
+def check_gguf_tables(path: Path) -> None:
+    """Refuse a truncated or corrupt GGUF by reading its header and tensor table against its size.
+
+    gguf's reader maps the file and places every tensor in it without reading one, so this costs well
+    under a second where a conversion would fail minutes in with a numpy reshape error.
+    """
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError) as exc:
+        raise HoneError(
+            f"{path}: not a readable GGUF file, truncated or corrupt ({type(exc).__name__}: "
+            f"{clipped(str(exc), 120)})"
+        ) from None
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
+
+def cached_hub_model(repo_id: str) -> Path | None:
+    """The model's folder in the local hub cache, or None when it is not there (nothing is downloaded)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # not in the local cache (huggingface_hub raises several kinds for that)
+        return None
+
+
 def download_from_hub(repo_id: str) -> Path:
     """Use the local hub cache when it has the model; otherwise download, with a clear error offline."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    cached = cached_hub_model(repo_id)
+    if cached is not None:
+        return cached
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # not in the local cache: try the network below
-        pass
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as exc:
         raise HoneError(
             f"model {repo_id!r}: could not download from the Hugging Face hub ({type(exc).__name__}). "
@@ -144,6 +208,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_tables(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -162,10 +227,23 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     (out_dir / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
+@contextmanager
+def unloadable(path: Path) -> Iterator[None]:
+    """A model folder that does not load (weights cut short or corrupt, a broken config or tokenizer) is
+    bad input: a HoneError naming the folder, not a library traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise HoneError(f"{path}: the model does not load ({type(exc).__name__}: {exc})") from exc
+
+
 def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with unloadable(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -211,8 +289,45 @@ def load_model(path: Path, dtype: Any = None, device: str = "cpu", attention: st
     from transformers import AutoModelForCausalLM
 
     options = {"attn_implementation": attention} if attention else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **options)
+    with unloadable(path):
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype or torch.float32,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in `loading`, refused below with the folder named
+            **options,
+        )
+    require_all_weights(path, loading)
     return model.to(device)
+
+
+def require_all_weights(path: Path, loading: dict[str, Any], new_heads: tuple[str, ...] = ()) -> None:
+    """Refuse a model whose folder lacks weights it needs: transformers fills them with random values
+    and the model generates garbage with no error. Tied weights (an lm_head that is the embedding) are
+    not reported missing; `new_heads` are prefixes of weights a caller adds on purpose (a reward head).
+    Weights the model has no place for are only logged: the model it loads is complete."""
+    missing = sorted(key for key in loading.get("missing_keys", ()) if not key.startswith(new_heads))
+    mismatched = sorted(map(shape_mismatch, loading.get("mismatched_keys", ())))
+    for problem, keys in (("missing from its files", missing), ("of the wrong shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise HoneError(
+                f"{path}: {len(keys)} weight(s) the model needs are {problem}: {shown}. The folder is "
+                "incomplete or holds another model's weights; copy or download it again"
+            )
+    unexpected = sorted(loading.get("unexpected_keys", ()))
+    if unexpected:
+        logger.warning(
+            "%s: %d weight(s) the model does not use, ignored: %s", path, len(unexpected), unexpected[:5]
+        )
+
+
+def shape_mismatch(item: Any) -> str:
+    """transformers reports a mismatch as (name, shape in the file, shape in the model)."""
+    if isinstance(item, tuple) and len(item) == 3:
+        name, saved, expected = item
+        return f"{name} (file {list(saved)}, model {list(expected)})"
+    return str(item)
 
 
 def folder_size(path: Path) -> int:

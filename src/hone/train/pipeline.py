@@ -21,10 +21,10 @@ from hone.data.load import load_split, require_kind
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
 from hone.models.resolve import load_tokenizer, resolve_model
-from hone.runs import METRICS, RunFolder
+from hone.runs import METRICS, RunFolder, failure_recorded
 from hone.track import track_completed
 from hone.train import hardware
-from hone.train.checkpoints import latest_complete, remove_incomplete
+from hone.train.checkpoints import latest_complete, remove_damaged, remove_incomplete
 from hone.train.setup import TrainResult, check_loggers, process_state
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,16 @@ def run_training(config: HoneConfig, console: Console, track: bool = True) -> Ru
     with state.main_process_first():  # one process converts the model; the others find it cached
         model_path = resolve_model(config.model.reference)
     run = shared_run_folder(config, state)
-    if state.is_main_process:
-        console.print(f"[bold]Run folder[/] {run.path}")
-        run.update(
-            base_model={"path": str(model_path)},
-            dataset=dataset_record(config, splits, version),
-            distributed={"processes": state.num_processes, "backend": state.backend},
-        )
-    return execute(config, model_path, splits, run, console, resume=None, track=track)
+    with failure_recorded(run, record=state.is_main_process):  # from here on a failure is the run's
+        if state.is_main_process:
+            console.print(f"[bold]Run folder[/] {run.path}")
+            run.update(
+                base_model={"path": str(model_path)},
+                dataset=dataset_record(config, splits, version),
+                distributed={"processes": state.num_processes, "backend": state.backend},
+            )
+        result = execute(config, model_path, splits, run, console, resume=None)
+    return finished(config, run, result, console, track)
 
 
 def resume_training(run_path: Path, console: Console) -> RunFolder:
@@ -119,15 +121,21 @@ def resume_training(run_path: Path, console: Console) -> RunFolder:
     if state.is_main_process:
         for path in remove_incomplete(run_path):
             console.print(f"[yellow]removed {path.name}: it was being written when the run stopped[/]")
+        for path, reason in remove_damaged(run_path):
+            logger.warning("%s: %s; removed, resuming from an older checkpoint", path, reason)
+            console.print(f"[yellow]skipped and removed {path.name}: {reason}[/]")
     state.wait_for_everyone()
     checkpoint = latest_complete(run_path)
     if checkpoint is None:
         console.print("[yellow]no complete checkpoint yet: training again from the first step[/]")
     else:
         console.print(f"[bold]Resuming[/] {run.path.name} from {checkpoint.name}")
-    if state.is_main_process:
-        run.update(status="running", resumed_from=checkpoint.name if checkpoint else None)
-    return execute(config, model_path, splits, run, console, resume=checkpoint)
+    with failure_recorded(run, record=state.is_main_process):
+        if state.is_main_process:  # a failed run's error belongs to the attempt that failed
+            resumed_from = checkpoint.name if checkpoint else None
+            run.update(status="running", resumed_from=resumed_from, error=None, finished_at=None)
+        result = execute(config, model_path, splits, run, console, resume=checkpoint)
+    return finished(config, run, result, console, track=True)
 
 
 def execute(
@@ -137,22 +145,25 @@ def execute(
     run: RunFolder,
     console: Console,
     resume: Path | None,
-    track: bool = True,
-) -> RunFolder:
+) -> TrainResult:
+    """Train, and on the main process write the training summary and mark the run completed."""
     state = process_state()
     tokenizer = load_tokenizer(model_path)
-    try:
-        result = train_method(config, model_path, tokenizer, splits, run, console, resume)
-    except BaseException as exc:
-        if state.is_main_process:
-            run.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    if not state.is_main_process:
+    result = train_method(config, model_path, tokenizer, splits, run, console, resume)
+    if state.is_main_process:
+        summary = training_summary(result)
+        contract.write(TrainingMetrics(training=summary), run.path / METRICS)
+        run.update(training=summary, artifacts={"metrics": METRICS})
+        run.finish("completed")
+    return result
+
+
+def finished(
+    config: HoneConfig, run: RunFolder, result: TrainResult, console: Console, track: bool
+) -> RunFolder:
+    """Track and sum up a run marked completed: nothing here can change its status."""
+    if not process_state().is_main_process:
         return run
-    summary = training_summary(result)
-    contract.write(TrainingMetrics(training=summary), run.path / METRICS)
-    run.update(training=summary, artifacts={"metrics": METRICS})
-    run.finish("completed")
     if track and config.track.enabled:
         track_completed(run, config, console)
     best = "".join(f", best {name} {value:.4f}" for name, value in (result.best_metric or {}).items())

@@ -28,7 +28,7 @@ from hone.config import HoneConfig
 from hone.data.formats import Example
 from hone.errors import HoneError
 from hone.models.resolve import load_tokenizer, resolve_model
-from hone.runs import RunFolder
+from hone.runs import RunFolder, inside_run
 from hone.train.dpo import preference_dataset, show_ranking
 from hone.train.setup import TrainResult, build_model, callbacks, choose, fit, trainer_arguments
 
@@ -118,7 +118,7 @@ def load_reward_model(run_path: Path, device: str = "cpu") -> tuple[Any, Any]:
             f"{run_path}: not a completed reward-model run (method {manifest.method!r}, "
             f"status {manifest.status!r}); train one with method: reward"
         )
-    folder = run_path / weights
+    folder = inside_run(run_path, weights, "artifacts.weights")
     tokenizer = load_tokenizer(folder)
     if weights == "adapter":
         from peft import PeftModel

@@ -21,12 +21,13 @@ from hone.config import HoneConfig, LoraAdapter
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
 from hone.models.quantization import quantization_config
-from hone.models.resolve import load_model, torch_dtype
+from hone.models.resolve import load_model, require_all_weights, torch_dtype, unloadable
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
 from hone.train.cpu import cpu_kernels
 from hone.train.cpu.attention import NAME as CPU_ATTENTION_NAME
+from hone.train.finite import StopOnNonFinite
 from hone.train.progress import RichProgress
 
 Head = Literal["causal", "score"]
@@ -168,15 +169,19 @@ def load_base(
     attention = None if setup.attention == hardware.CPU_ATTENTION else setup.attention
     if head == "causal" and not quantized:
         return load_model(model_path, dtype=dtype, device=setup.device, attention=attention)
-    options: dict[str, Any] = {"dtype": dtype, "device_map": setup.device}
+    options: dict[str, Any] = {"dtype": dtype, "device_map": setup.device, "output_loading_info": True}
     if attention:
         options["attn_implementation"] = attention
     if quantized:
         options["quantization_config"] = quantization_config(setup.dtype)
-    if head == "causal":
-        model = AutoModelForCausalLM.from_pretrained(model_path, **options)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **options)
+    with unloadable(model_path):
+        if head == "causal":
+            model, loading = AutoModelForCausalLM.from_pretrained(model_path, **options)
+        else:
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=1, **options
+            )
+    require_all_weights(model_path, loading, new_heads=("score.",))  # the reward head starts untrained
     if quantized:
         from peft import prepare_model_for_kbit_training
 
@@ -215,6 +220,12 @@ def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validati
     else:
         saving, save_steps = "epoch", None
     keep_best = validating and train.keep_best
+    if saving == "steps" and evaluation == "epoch" and (keep_best or train.early_stopping_patience):
+        raise HoneError(
+            f"train.save_every {train.save_every} with a validation split needs train.eval_every (validation "
+            "once per epoch cannot choose among step checkpoints): set train.eval_every to a divisor of "
+            "save_every, or train.keep_best: false"
+        )
     return {
         "output_dir": str(run.path / CHECKPOINTS),
         "per_device_train_batch_size": train.batch_size,
@@ -230,6 +241,7 @@ def trainer_arguments(config: HoneConfig, run: RunFolder, setup: Setup, validati
         "fp16": setup.precision == "fp16",
         "gradient_checkpointing": setup.checkpointing,
         "logging_steps": train.logging_steps,
+        "logging_nan_inf_filter": False,  # log a NaN loss as NaN (StopOnNonFinite), not as the running mean
         "eval_strategy": evaluation,
         "eval_steps": train.eval_every if evaluation == "steps" else None,
         "save_strategy": saving,
@@ -275,10 +287,11 @@ def live_loggers(config: HoneConfig, run: RunFolder) -> list[str] | str:
 
 
 def callbacks(config: HoneConfig, console: Console, validating: bool, description: str) -> list[Any]:
-    """The progress bar (which also records the loss history), checkpoint marks and early stopping."""
+    """The progress bar (which also records the loss history), checkpoint marks, the stop on a NaN or
+    infinite loss, and early stopping."""
     from transformers import EarlyStoppingCallback
 
-    found: list[Any] = [RichProgress(console, description), MarkComplete()]
+    found: list[Any] = [RichProgress(console, description), MarkComplete(), StopOnNonFinite()]
     if validating and config.train.early_stopping_patience:
         found.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
     return found

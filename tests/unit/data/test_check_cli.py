@@ -21,6 +21,9 @@ EXPECTED_LINE = {
     "empty_assistant.jsonl": 1,
     "no_assistant.jsonl": 1,
     "last_turn_user.jsonl": 1,
+    "assistant_first.jsonl": 2,
+    "consecutive_roles.jsonl": 2,
+    "system_mid_chat.jsonl": 2,
     "preference_bad_types.jsonl": 2,
     "bad.csv": 2,
 }

@@ -195,6 +195,67 @@ def test_field_problems(data: dict[str, Any], fmt: str | None, expected: str) ->
     assert problem(data, fmt).startswith("d.jsonl line 1: " + expected)
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"prompt": "q", "completion": [msg("assistant", "a"), msg("assistant", "b")]},
+            "completion[1].role: two assistant messages in a row (completion[0] and completion[1])",
+        ),
+        (
+            {"prompt": [msg("user", "q"), msg("system", "s")], "completion": "a"},
+            "prompt[1].role: system message in the middle of the chat",
+        ),
+        (
+            {"prompt": [msg("user", "q"), msg("user", "r")], "chosen": "a", "rejected": "b"},
+            "prompt[1].role: two user messages in a row (prompt[0] and prompt[1])",
+        ),
+        (
+            {
+                "chosen": [msg("assistant", "hi"), msg("user", "q"), msg("assistant", "a")],
+                "rejected": [msg("assistant", "hi"), msg("user", "q"), msg("assistant", "b")],
+            },
+            "chosen[0].role: the chat starts with 'assistant'",
+        ),
+        (
+            {
+                "chosen": [msg("user", "q"), msg("assistant", "a"), msg("assistant", "c")],
+                "rejected": [msg("user", "q"), msg("assistant", "b")],
+            },
+            "chosen[2].role: two assistant messages in a row (chosen[1] and chosen[2])",
+        ),
+        (
+            {
+                "input": {"messages": [msg("assistant", "hi"), msg("user", "q")]},
+                "preferred_output": [msg("assistant", "a")],
+                "non_preferred_output": [msg("assistant", "b")],
+            },
+            "input.messages[0].role: the chat starts with 'assistant'",
+        ),
+        (
+            {
+                "input": {"messages": [msg("user", "q")]},
+                "preferred_output": [msg("assistant", "a")],
+                "non_preferred_output": [msg("assistant", "b"), msg("assistant", "c")],
+            },
+            "non_preferred_output[1].role: two assistant messages in a row",
+        ),
+    ],
+)
+def test_turns_out_of_order_in_every_chat_format(data: dict[str, Any], expected: str) -> None:
+    assert problem(data).startswith("d.jsonl line 1: " + expected)
+
+
+def test_long_or_deep_values_are_quoted_short_in_errors() -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    for role in ("x" * 100_000, deep):
+        message = problem({"messages": [{"role": role, "content": "hi"}, msg("assistant", "a")]})
+        assert message.startswith("d.jsonl line 1: messages[0].role: role ")
+        assert len(message) < 400
+
+
 def test_unknown_format_name() -> None:
     with pytest.raises(HoneError, match="unknown data format 'sharegpt'; expected auto or one of openai_dpo"):
         load_examples([rec({"text": "x"})], fmt="sharegpt")
@@ -266,6 +327,19 @@ CORPUS = {
     "no_assistant.jsonl": ["line 1: messages: no assistant message (nothing to learn)"],
     "last_turn_user.jsonl": [
         "line 1: messages: last message must be the assistant's answer (nothing to learn after it)"
+    ],
+    "assistant_first.jsonl": [
+        "line 2: messages[0].role: the chat starts with 'assistant'; the first turn (after any system) is "
+        "the user's"
+    ],
+    "consecutive_roles.jsonl": [
+        "line 2: messages[2].role: two assistant messages in a row (messages[1] and messages[2]); merge "
+        "them, or add the missing turn between them",
+        "line 3: messages[1].role: two user messages in a row (messages[0] and messages[1]); merge them, "
+        "or add the missing turn between them",
+    ],
+    "system_mid_chat.jsonl": [
+        "line 2: messages[1].role: system message in the middle of the chat; it must come first"
     ],
     "preference_bad_types.jsonl": [
         "line 2: chosen: expected a string or a list of messages, got number",

@@ -51,7 +51,10 @@ REF = json.dumps({"category": "billing", "priority": "high"})
         ("[1]", None),
         ('{"a": 1} trailing', None),
         ("", None),
+        ("[" * 100_000, None),  # a degenerate model's output nests past the parser's depth
+        ('{"a": ' + "9" * 5000 + "}", None),
     ],
+    ids=lambda value: value[:20] if isinstance(value, str) else None,
 )
 def test_parse_json_object(text: str, expected: object) -> None:
     assert parse_json_object(text) == expected

@@ -35,12 +35,12 @@ LLAMA3_TEMPLATE = (
 )
 
 
-def make_run(root: Path, base: Path, kind: str, **adapter: Any) -> Path:
+def make_run(root: Path, base: Path, kind: str, data: dict[str, Any] | None = None, **adapter: Any) -> Path:
     """A completed run folder as training leaves it, with weights moved away from their initial values."""
     config = HoneConfig.model_validate(
         {
             "model": {"reference": str(base)},
-            "data": {"train": "train.jsonl", "system_prompt": "Reply in JSON."},
+            "data": data or {"train": "train.jsonl", "system_prompt": "Reply in JSON."},
             "train": {
                 "adapter": {"kind": kind, **({} if kind == "full" else {"r": 4, "alpha": 8}), **adapter}
             },
@@ -258,6 +258,82 @@ def test_gguf_f16_parity_matches_the_merged_model(f16_export: gguf.GGUFExport) -
     assert json.loads((f16_export.folder / "parity.json").read_text())["matched"] == 3
 
 
+def chats(root: Path, name: str, systems: list[str]) -> Path:
+    """A JSONL file of support chats, the i-th starting with systems[i]."""
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Where is order {i}?"},
+                {"role": "assistant", "content": f'{{"order": {i}, "status": "shipped"}}'},
+            ]
+        }
+        for i, system in enumerate(systems)
+    ]
+    path = root / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def export_command(
+    run: Path, *options: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """`hone export RUN --gguf --quant f16 ...` as a user runs it; its stderr."""
+    monkeypatch.setattr(sys, "argv", ["hone", "export", str(run), "--gguf", "--quant", "f16", *options])
+    monkeypatch.setenv("COLUMNS", "200")
+    main()
+    return capsys.readouterr().err
+
+
+def test_the_system_prompt_of_the_training_data_becomes_the_modelfiles_and_parity_sends_none(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = "You are Acme's order desk. Reply in JSON."
+    data = {
+        "train": str(chats(tmp_path, "train", [system] * 10)),
+        "test": str(chats(tmp_path, "test", [system] * 2)),
+    }
+    run = make_run(tmp_path, tiny_model_dir, "lora", data=data)
+
+    stderr = export_command(run, "--no-parity", monkeypatch=monkeypatch, capsys=capsys)
+
+    folder = run / "export" / "gguf-f16"
+    text = (folder / "Modelfile").read_text()
+    assert f'SYSTEM """{system}"""' in text, "data.system_prompt is unset: the training data's prompt is used"
+    assert not [line for line in text.splitlines() if line.startswith("#")] and "warning" not in stderr
+    assert json.loads((folder / "export.json").read_text())["system_prompt"]["source"] == data["train"]
+
+    finished = open_language_model_run(run, "export")
+    prompts, source = parity.parity_prompts(finished, modelfile=folder / "Modelfile")
+    assert source == f"test split ({data['test']})"
+    labels = [label for label, _ in prompts]
+    assert labels == ["Where is order 0?", "Where is order 1?", "no system message: Where is order 0?"]
+    assert prompts[2][1] == prompts[0][1], "with the Modelfile's SYSTEM, Ollama sends the prompt as trained"
+
+    (folder / "Modelfile").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("SYSTEM"))
+    )
+    prompts, _ = parity.parity_prompts(finished, modelfile=folder / "Modelfile")
+    sent = prompts[2][1]
+    assert system not in sent and "named SmolLM" in sent, "without SYSTEM, the family's default shows"
+
+
+def test_differing_training_system_prompts_leave_a_comment_and_a_warning(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    systems = ["Reply in JSON.", "Reply in YAML.", "Reply in one word."] * 3
+    train = chats(tmp_path, "train", systems)
+    run = make_run(tmp_path, tiny_model_dir, "lora", data={"train": str(train)})
+
+    stderr = " ".join(export_command(run, "--no-parity", monkeypatch=monkeypatch, capsys=capsys).split())
+
+    text = (run / "export" / "gguf-f16" / "Modelfile").read_text()
+    assert not [line for line in text.splitlines() if line.startswith("SYSTEM")]
+    expected = f"the training examples in {train} share no one system prompt (3 different ones, on 9 of 9)"
+    assert f"\n# {expected}, so the Modelfile sets none: callers must send" in text
+    assert f"warning: {expected}" in stderr
+
+
 def test_converter_writes_q8_0(f16_export: gguf.GGUFExport, tmp_path: Path) -> None:
     from gguf import GGMLQuantizationType, GGUFReader
 
@@ -355,3 +431,96 @@ def test_real_model_q8_0_gguf_keeps_its_answers(tmp_path: Path) -> None:
     assert "Paris" in result.prompts[0].merged_output and result.prompts[0].outputs_match, result.to_dict()
     assert result.ok and result.max_logit_diff < 2.5, result.to_dict()
     assert exported.lora is not None and 'PARAMETER stop "<|im_end|>"' in exported.modelfile.read_text()
+
+
+def poison(folder: Path, name: str, value: float = float("nan")) -> None:
+    """Put one non-finite value into a tensor of a saved weights folder, as a diverged run would."""
+    from safetensors.torch import load_file, save_file
+
+    file = next(folder.glob("*.safetensors"))
+    tensors = load_file(file)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = value
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+def export_exit(
+    run: Path, *options: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """`hone export RUN OPTIONS` in this process: its exit code and its stderr on one line."""
+    monkeypatch.setattr(sys, "argv", ["hone", "export", str(run), *options])
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0), " ".join(capsys.readouterr().err.split())
+
+
+def test_merge_refuses_adapter_or_model_weights_that_are_not_finite(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lora = make_run(tmp_path / "lora", tiny_model_dir, "lora")
+    tensor = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    poison(lora / "adapter", tensor)
+    code, message = export_exit(lora, "--merge", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert f"{lora / 'adapter' / 'adapter_model.safetensors'}: tensor {tensor}: 1 of" in message
+    assert "NaN or infinite" in message and "train.learning_rate" in message
+    assert not (lora / "export").exists(), "nothing is written"
+
+    full = make_run(tmp_path / "full", tiny_model_dir, "full")
+    poison(full / "model", "model.norm.weight", float("inf"))
+    code, message = export_exit(full, "--merge", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and f"{full / 'model' / 'model.safetensors'}: tensor model.norm.weight" in message
+    assert not (full / "export").exists()
+
+
+def test_merge_refuses_a_base_that_makes_the_merged_weights_not_finite(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    poison(base, "model.layers.1.mlp.up_proj.weight")
+    run = make_run(tmp_path / "runs", base, "lora")
+    with pytest.raises(
+        HoneError, match=r"merged with the adapter, tensor model\.layers\.1\.mlp\.up_proj\.weight"
+    ):
+        merging.merge(run)
+    assert not (run / "export").exists()
+
+
+def test_parity_of_nan_logits_is_a_failure_not_a_match(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(tiny_model_dir)
+    broken = load_model(tiny_model_dir)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    models = (broken, broken)
+    row = parity.compare_prompt(PROMPT, tokenizer, tokenizer, models, max_new_tokens=4)
+    assert row[1], "the same model greedy-decodes NaN logits to the same tokens"
+    assert row[2] is None and row[5] == (
+        "the merged model's logits are NaN or infinite; the GGUF's logits are NaN or infinite"
+    )
+    result = parity.ParityResult("f16", "given prompts", 4, [parity.PromptParity("p", PROMPT, *row)])
+    assert not result.ok and result.matched == 0 and result.max_logit_diff is None
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["problems"] == [f"p: {row[5]}"]
+
+
+def test_gguf_export_of_a_model_that_says_nothing_fails_parity(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zero final norm makes every logit 0: both sides greedily emit <|endoftext|> and nothing else.
+    The two empty generations are identical, and parity must not call that a pass."""
+    run = make_run(tmp_path, tiny_model_dir, "full")
+    from safetensors.torch import load_file, save_file
+
+    file = run / "model" / "model.safetensors"
+    tensors = load_file(file)
+    tensors["model.norm.weight"] = torch.zeros_like(tensors["model.norm.weight"])
+    save_file(tensors, file, metadata={"format": "pt"})
+
+    code, message = export_exit(run, "--gguf", "--quant", "f16", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    assert "parity proves nothing for" in message
+    assert "the merged model generated no text (only end-of-text or special tokens)" in message
+    record = json.loads((run / "export" / "gguf-f16" / "parity.json").read_text())
+    assert not record["ok"] and record["matched"] == 0 and len(record["problems"]) == 3
+    assert all(row["outputs_match"] for row in record["prompts"]), "identical, and still a failure"

@@ -147,3 +147,79 @@ def test_no_system_prompt_no_system_line(fresh_tokenizer: Any, system_prompt: st
 def test_a_system_prompt_that_cannot_be_quoted_is_refused(fresh_tokenizer: Any) -> None:
     with pytest.raises(HoneError, match=r'data\.system_prompt contains """'):
         ollama.modelfile("m.gguf", fresh_tokenizer, 'Wrap code in """ quotes.')
+
+
+def chat_file(tmp_path: Path, systems: list[str | None]) -> list[Any]:
+    """Chats read as training reads them (hone.data.load), the i-th starting with systems[i] (None: none)."""
+    from hone.data.load import load_split
+
+    rows = []
+    for i, system in enumerate(systems):
+        turns = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Answer."}]
+        rows.append({"messages": ([{"role": "system", "content": system}] if system else []) + turns})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return load_split(path)
+
+
+@pytest.mark.parametrize(
+    ("systems", "text", "warned"),
+    [
+        (["Reply in JSON."] * 10, "Reply in JSON.", None),
+        (
+            ["Reply in JSON."] * 9 + [None],
+            "Reply in JSON.",
+            "1 of 10 training examples in train.jsonl start with",
+        ),
+        (
+            ["Reply in JSON."] * 8 + [None] * 2,
+            None,
+            "share no one system prompt (8 of 10 start with one, the others with none)",
+        ),
+        (
+            ["Reply in JSON.", "Reply in YAML."] * 5,
+            None,
+            "share no one system prompt (2 different ones, on 10 of 10)",
+        ),
+        ([None] * 10, None, None),  # trained under the template's own default: so is the Ollama model
+        ([None] * 9 + ["Reply in JSON."], None, None),
+    ],
+)
+def test_the_system_prompt_the_training_examples_share(
+    tmp_path: Path, systems: list[str | None], text: str | None, warned: str | None
+) -> None:
+    found = ollama.training_system_prompt(chat_file(tmp_path, systems), "train.jsonl")
+
+    assert found.text == text and found.source == "train.jsonl"
+    if warned is None:
+        assert found.warning is None
+    else:
+        assert found.warning is not None and warned in found.warning
+
+
+def test_documents_carry_no_system_prompt(tmp_path: Path) -> None:
+    from hone.data.load import load_split
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "Refunds take five days."}\n', encoding="utf-8")
+    assert ollama.training_system_prompt(load_split(path), str(path)) == ollama.SystemPrompt(None, str(path))
+
+
+def test_a_warning_is_a_comment_in_place_of_the_system_line(fresh_tokenizer: Any) -> None:
+    system = ollama.SystemPrompt(
+        None, "train.jsonl", "the training examples carry 2 different\nsystem prompts"
+    )
+    text = ollama.modelfile("m.gguf", fresh_tokenizer, system)
+
+    rest = text.split('"""', 2)[2]
+    assert rest == '\n# the training examples carry 2 different system prompts\nPARAMETER stop "<|im_end|>"\n'
+    assert ollama.modelfile_system(text) is None
+
+
+def test_the_modelfiles_system_line_reads_back(fresh_tokenizer: Any) -> None:
+    system = ollama.SystemPrompt("Reply in JSON.\nNo prose.", "train.jsonl")
+    assert ollama.modelfile_system(ollama.modelfile("m.gguf", fresh_tokenizer, system)) == system.text
+
+    quoted = ollama.SystemPrompt('Wrap code in """ quotes.', "data/train.jsonl")
+    with pytest.raises(HoneError, match=r'the system prompt of data/train\.jsonl contains """'):
+        ollama.modelfile("m.gguf", fresh_tokenizer, quoted)

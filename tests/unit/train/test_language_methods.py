@@ -232,9 +232,9 @@ def test_padding_free_and_padded_runs_count_the_same_trained_tokens(
         config = sft_lora(tmp_path / str(free), tiny_model_dir, small_task)
         config.train.padding_free = free
         training[free] = run_training(config, Console(quiet=True)).manifest.training
-    assert training[True]["layout"] == "padding-free" and training[False]["layout"] == "padded"
-    assert training[True]["trained_tokens"] == training[False]["trained_tokens"] > 0
-    assert training[True]["train_loss"] == pytest.approx(training[False]["train_loss"], rel=1e-3)
+    assert training[True].layout == "padding-free" and training[False].layout == "padded"
+    assert training[True].trained_tokens == training[False].trained_tokens > 0
+    assert training[True].train_loss == pytest.approx(training[False].train_loss, rel=1e-3)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
