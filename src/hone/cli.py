@@ -102,8 +102,16 @@ def data_check(
         float | None,
         typer.Option(help="Machine price, USD/hour, for the cost estimate; hone estimate's default."),
     ] = None,
+    outliers: Annotated[
+        bool,
+        typer.Option(
+            "--outliers",
+            help="Also warn on train examples far from the rest by embedding (embeds every example: slow "
+            "on large files, see docs/data.md).",
+        ),
+    ] = False,
 ) -> None:
-    """Every problem by file, line and field; lengths, duplicates, leakage, PII, cost. Exit 2 on errors."""
+    """Every problem by file, line and field: lengths, duplicates, leakage, PII, poisoning, cost. Exit 2."""
     from hone.data.check import run_data_check
     from hone.data.check_report import print_report
     from hone.estimate_report import data_check_estimate
@@ -118,6 +126,8 @@ def data_check(
         max_length=config.model.max_length,
         train=config.train,
         fmt=data_format if data_format != "auto" else config.data.format,
+        opt_in=config.model,
+        outliers=outliers,
     )
     report.estimate = data_check_estimate(report, config.train, model_path, price_per_hour)
     if as_json:

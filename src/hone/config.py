@@ -51,6 +51,14 @@ class ModelConfig(Strict):
         "keep_start",
         description="Too long: keep_start cuts the end, keep_end cuts the start, drop leaves it out.",
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Load pickle weights (pytorch_model.bin, .pt, .pth, .ckpt); a pickle can run code.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the Python code a model folder names in its config's auto_map (custom models).",
+    )
 
 
 # auto, or a format of hone.data.formats.FORMATS (tests/unit/test_config.py keeps the two the same).

@@ -115,25 +115,29 @@ def hardware(name: str, mfu: float | None = None, price_per_hour: float | None =
     )
 
 
+NO_CODE: dict[str, Any] = {"trust_remote_code": False}
+
+
 def model_source(reference: str) -> tuple[str, dict[str, Any]]:
     """Where transformers finds the model's config and tokenizer, without converting or downloading weights.
 
-    A built-in alias reads its converted folder when the cache has one, else the GGUF's own metadata.
+    A built-in alias reads its converted folder when the cache has one, else the GGUF's own metadata. The
+    options never let a model run code of its own: an estimate reads a config and a tokenizer, nothing more.
     """
     from hone.models.resolve import ALIASES, CONVERSION_RECORD, HUB_ID, models_cache, resolve_model
 
     if reference in ALIASES:
         converted = models_cache() / reference
         if (converted / CONVERSION_RECORD).is_file():
-            return str(converted), {}
+            return str(converted), NO_CODE
         gguf = ALIASES[reference].locate()
-        return str(gguf.parent), {"gguf_file": gguf.name}
+        return str(gguf.parent), {**NO_CODE, "gguf_file": gguf.name}
     path = Path(reference).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        return str(path.parent), {"gguf_file": path.name}
+        return str(path.parent), {**NO_CODE, "gguf_file": path.name}
     if HUB_ID.match(reference) and not path.exists():
-        return reference, {}
-    return str(resolve_model(reference)), {}  # a folder, or resolve_model's error for anything else
+        return reference, NO_CODE
+    return str(resolve_model(reference)), NO_CODE  # a folder, or resolve_model's error for anything else
 
 
 def is_parameter_count(reference: str) -> bool:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hone.config import HoneConfig
+from hone.config import HoneConfig, ModelConfig
 from hone.errors import HoneError
-from hone.models.resolve import cached_hub_model, reference_kind
+from hone.models.resolve import cached_hub_model, reference_kind, weights_policy
 from hone.models.trained import check_weights
 from hone.runs import LANGUAGE_METHODS, MANIFEST, RunFolder
 
@@ -40,7 +40,7 @@ def check_config(config: HoneConfig, source: str) -> list[str]:
     for split in ("train", "validation", "test"):
         if (path := getattr(data, split)) is not None:
             check(f"data.{split}", existing, path, "data")
-    check("model.reference", model_reference, config.model.reference)
+    check("model.reference", model_reference, config.model.reference, config.model)
     if evaluate.json_schema is not None:
         check("evaluate.json_schema", existing, evaluate.json_schema, "JSON Schema", "file")
     if evaluate.rag.knowledge is not None:
@@ -53,7 +53,7 @@ def check_config(config: HoneConfig, source: str) -> list[str]:
     for index, candidate in enumerate(evaluate.candidates):
         check(f"evaluate.candidates[{index}]", finished_run, candidate, LANGUAGE_METHODS)
     if evaluate.judge is not None:
-        check("evaluate.judge.model", judge_model, evaluate.judge.model)
+        check("evaluate.judge.model", judge_model, evaluate.judge.model, config.model)
     if config.train.rl.reward is not None:
         check("train.rl.reward", reward, config.train.rl.reward)
     if problems:
@@ -69,8 +69,11 @@ def existing(path: Path, what: str, kind: str = "file or folder") -> None:
     raise HoneError(f"{path}: {what} {kind} {found}{where}")
 
 
-def model_reference(reference: str) -> str | None:
-    if reference_kind(reference) == "hub" and cached_hub_model(reference) is None:
+def model_reference(reference: str, opt_in: ModelConfig | None = None) -> str | None:
+    kind = reference_kind(reference)
+    if kind == "folder":  # pickle weights or code of the model's own, unless the config opts in
+        weights_policy(Path(reference).expanduser(), opt_in)
+    if kind == "hub" and cached_hub_model(reference) is None:
         return (
             f"{reference!r} is not a local folder nor in the local hub cache; it is downloaded on first use"
         )
@@ -98,11 +101,11 @@ def finished_run(path: Path, methods: tuple[str, ...]) -> None:
     check_weights(path / manifest.artifacts["weights"])
 
 
-def judge_model(model: str) -> str | None:
+def judge_model(model: str, opt_in: ModelConfig | None = None) -> str | None:
     if (Path(model) / MANIFEST).is_file():
         finished_run(Path(model), LANGUAGE_METHODS)
         return None
-    return model_reference(model)
+    return model_reference(model, opt_in)
 
 
 def reward(spec: str) -> None:

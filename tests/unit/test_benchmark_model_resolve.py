@@ -37,20 +37,3 @@ def test_the_home_is_restored_after_an_error(
     with pytest.raises(HoneError, match="not a built-in alias"):
         bench.run("no-such-model", 1, tmp_path / "home")
     assert os.environ["HONE_HOME"] == before
-
-
-@pytest.mark.slow
-def test_the_alias_is_converted_once_into_the_benchmarks_own_home(
-    tmp_path: Path, benchmark_script: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
-) -> None:
-    bench = benchmark_script("model_resolve")
-
-    result = bench.main(["--calls", "3"])
-
-    path = Path(result["path"])
-    assert not path.is_relative_to(Path(os.environ["HONE_HOME"])), "never the session's cache"
-    assert path.name == "smollm2-135m-instruct"
-    assert result["converted"] and not result["reconverted"]
-    assert result["bytes"] > 100 * 2**20  # fp32 weights of 135M parameters
-    assert len(result["cached_seconds"]) == 3
-    assert "| first (converts) |" in capsys.readouterr().out

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from hone.config import TrainConfig
+from hone.config import ModelConfig, TrainConfig
 from hone.data import checks
 from hone.data.formats import Example, load_examples
 from hone.data.pii import find_pii
+from hone.data.poisoning import duplicate_clusters, poisoning_warnings
 from hone.data.sources import read_all
+from hone.models.embedder import embed
 
 MIN_EXAMPLES = {"sft": (10, 50), "pretrain": (1, 20), "dpo": (10, 100), "reward": (10, 100), "rl": (10, 50)}
 PREFERENCE_METHODS = {"dpo", "reward"}
@@ -48,6 +50,15 @@ class DataReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "error_count": self.error_count}
+
+
+class CheckedSplit(NamedTuple):
+    """One checked file, with what the cross-split and poisoning checks need of it."""
+
+    report: SplitReport
+    examples: list[Example]
+    texts: list[str]
+    duplicate_clusters: list[list[int]]
 
 
 def example_text(example: Example) -> str:
@@ -119,8 +130,9 @@ def check_split(
     template: str | None,
     max_length: int,
     fmt: str = "auto",
-) -> tuple[SplitReport, list[Example], list[str]]:
-    """Check one file; returns the report, its examples, and their texts (for cross-split checks)."""
+) -> CheckedSplit:
+    """Check one file; returns the report, its examples, their texts and duplicate clusters (for the
+    cross-split and poisoning checks)."""
     report = SplitReport(name=name, path=str(path))
     records, read_errors = read_all(path)
     examples, format_errors = load_examples(records, fmt=fmt)
@@ -129,7 +141,7 @@ def check_split(
     report.format = Counter(e.kind for e in examples).most_common(1)[0][0] if examples else None
     check_content(report, examples, method, name)
     texts = [example_text(e) for e in examples]
-    check_duplicates_and_pii(report, examples, texts)
+    clusters = check_duplicates_and_pii(report, examples, texts)
     if examples:
         lengths = token_lengths(examples, tokenizer, template)
         report.token_lengths = asdict(checks.length_stats(lengths))
@@ -140,7 +152,7 @@ def check_split(
                 f"{path}: {len(over)} example(s) ({report.truncation_rate:.1%}) longer than "
                 f"max_length={max_length} tokens will be truncated: lines {lines_of(examples, over)}"
             )
-    return report, examples, texts
+    return CheckedSplit(report, examples, texts, clusters)
 
 
 def check_content(report: SplitReport, examples: list[Example], method: str, split: str) -> None:
@@ -171,11 +183,16 @@ def check_content(report: SplitReport, examples: list[Example], method: str, spl
             )
 
 
-def check_duplicates_and_pii(report: SplitReport, examples: list[Example], texts: list[str]) -> None:
+def check_duplicates_and_pii(
+    report: SplitReport, examples: list[Example], texts: list[str]
+) -> list[list[int]]:
+    """Warn on duplicates and PII; returns the duplicate clusters, for the flood check."""
     path = report.path
-    for group in checks.exact_duplicates(texts):
+    exact = checks.exact_duplicates(texts)
+    near = checks.near_duplicates(texts)
+    for group in exact:
         report.warnings.append(f"{path}: exact duplicates at lines {lines_of(examples, group)}")
-    for pair in checks.near_duplicates(texts):
+    for pair in near:
         first, second = examples[pair.first].line, examples[pair.second].line
         report.warnings.append(
             f"{path}: near duplicates at lines {first} and {second} (similarity {pair.similarity:.2f})"
@@ -190,13 +207,12 @@ def check_duplicates_and_pii(report: SplitReport, examples: list[Example], texts
             f"{path}: possible {kind} in {len(indices)} example(s): lines {lines_of(examples, indices)}"
             " (hone data prepare --redact-pii removes them)"
         )
+    return duplicate_clusters(len(texts), exact, near)
 
 
-def check_leakage(
-    report: DataReport, train: tuple[SplitReport, list[Example], list[str]], other: Any
-) -> None:
-    train_report, train_examples, train_texts = train
-    other_report, other_examples, other_texts = other
+def check_leakage(report: DataReport, train: CheckedSplit, other: CheckedSplit) -> None:
+    train_report, train_examples, train_texts, _ = train
+    other_report, other_examples, other_texts, _ = other
     for overlap in checks.cross_split_overlap(train_texts, other_texts):
         where = (
             f"{other_report.path} line {other_examples[overlap.other_index].line} overlaps "
@@ -223,14 +239,18 @@ def run_data_check(
     max_length: int,
     train: TrainConfig,
     fmt: str = "auto",
+    opt_in: ModelConfig | None = None,
+    outliers: bool = False,
 ) -> DataReport:
-    """Check every split, then the leakage between train and the held-out splits. The time and cost of
-    training on the train split is `hone estimate`'s: hone.estimate_report.data_check_estimate, which sits
-    above the data stage."""
+    """Check every split, then the leakage between train and the held-out splits, then the train split for
+    signs of poisoning (hone.data.poisoning; examples far from the rest by embedding only with `outliers`,
+    which embeds every example). The time and cost of training on the train split is `hone estimate`'s:
+    hone.estimate_report.data_check_estimate, which sits above the data stage. `opt_in` is the config's
+    model section (whether the tokenizer may run code)."""
     from hone.models.resolve import load_tokenizer
     from hone.models.templates import training_chat_template
 
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, opt_in)
     template = training_chat_template(tokenizer)
     checked = {
         name: check_split(name, path, train.method, tokenizer, template, max_length, fmt)
@@ -246,4 +266,13 @@ def run_data_check(
         for name, result in checked.items():
             if name != "train":
                 check_leakage(report, checked["train"], result)
+        check_poisoning(report, checked["train"], outliers)
     return report
+
+
+def check_poisoning(report: DataReport, train: CheckedSplit, outliers: bool) -> None:
+    """Floods of near duplicates, trigger phrases and (with `outliers`) examples far from the rest."""
+    embedding = embed if outliers else None
+    report.warnings.extend(
+        poisoning_warnings(train.report.path, train.examples, train.duplicate_clusters, embedding)
+    )

@@ -69,7 +69,7 @@ def preview_examples(config: Any, count: int, console: Any) -> None:
     )
     if errors or format_errors:
         raise HoneError("\n".join((errors + format_errors)[:20]))
-    tokenizer = load_tokenizer(resolve_model(config.model.reference))
+    tokenizer = load_tokenizer(resolve_model(config.model.reference), config.model)
     template = training_chat_template(tokenizer)
     if template is None:
         raise HoneError(f"model {config.model.reference}: no training-compatible chat template")

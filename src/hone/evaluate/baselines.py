@@ -18,7 +18,8 @@ from hone.config import FewShotSettings, RagSettings
 from hone.data.formats import Example
 from hone.data.tokenize import prompt_messages
 from hone.errors import HoneError
-from hone.evaluate.retrieval import Chunk, embed, load_knowledge, nearest
+from hone.evaluate.retrieval import Chunk, load_knowledge, nearest
+from hone.models.embedder import embed
 
 Messages = list[dict[str, Any]]
 

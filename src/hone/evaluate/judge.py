@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from hone.config import JudgeSettings
+from hone.config import JudgeSettings, ModelConfig
 from hone.evaluate.task import answer_all
 
 SYSTEM = (
@@ -40,9 +40,9 @@ def parse_score(reply: str, max_score: int) -> float | None:
     return None
 
 
-def load_judge(reference: str, precision: str = "fp32") -> tuple[Any, Any]:
+def load_judge(reference: str, precision: str = "fp32", opt_in: ModelConfig | None = None) -> tuple[Any, Any]:
     """The judge model (a hone run folder or any model reference) where evaluation runs its local models,
-    at the evaluated models' precision."""
+    at the evaluated models' precision, as the config's model section `opt_in` allows it to load."""
     from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
     from hone.models.trained import trained_model
     from hone.runs import MANIFEST, open_language_model_run
@@ -50,9 +50,9 @@ def load_judge(reference: str, precision: str = "fp32") -> tuple[Any, Any]:
     device, dtype = local_inference(precision)
     path = Path(reference)
     if (path / MANIFEST).is_file():
-        return trained_model(open_language_model_run(path, "judge"), dtype, device)
+        return trained_model(open_language_model_run(path, "judge"), dtype, device, opt_in)
     model_path = resolve_model(reference)
-    return load_model(model_path, dtype, device), load_tokenizer(model_path)
+    return load_model(model_path, dtype, device, opt_in=opt_in), load_tokenizer(model_path, opt_in)
 
 
 def judge_rungs(
@@ -63,9 +63,10 @@ def judge_rungs(
     batch_size: int,
     console: Console,
     precision: str = "fp32",
+    opt_in: ModelConfig | None = None,
 ) -> dict[str, tuple[list[float], int]]:
     """Per rung: the judge's per-example scores, and how many replies held no usable score."""
-    model, tokenizer = load_judge(settings.model, precision)
+    model, tokenizer = load_judge(settings.model, precision, opt_in)
     results = {}
     for rung, answers in outputs.items():
         prompts = [

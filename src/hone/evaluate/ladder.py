@@ -38,7 +38,7 @@ from hone.evaluate.scoring import ExampleScores, MetricSpec, load_scorer, score_
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
 from hone.io import atomic_write_jsonl
-from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
+from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model, weights_policy
 from hone.models.trained import check_weights, trained_model
 from hone.runs import (
     LADDER,
@@ -99,11 +99,14 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
         test = test[: settings.limit]
     if "rag" in settings.rungs and settings.rag.knowledge is None and "rungs" in settings.model_fields_set:
         raise HoneError("evaluate.rag.knowledge: set a knowledge base, or leave 'rag' out of evaluate.rungs")
+    base = Path(config.model.reference).expanduser()
+    if base.is_dir():  # an alias or a GGUF is converted to safetensors; a hub download is safetensors only
+        weights_policy(base, config.model)
     runs = [open_language_model_run(path, "are evaluated") for path in candidates]
     for candidate in runs:  # a corrupt adapter fails here, not after every prompting rung has run
-        check_weights(candidate.weights)
-        if candidate.kind != "full":
-            check_weights(candidate.base)
+        for folder in (candidate.weights, *([candidate.base] if candidate.kind != "full" else [])):
+            check_weights(folder)
+            weights_policy(folder, config.model)
     spec = MetricSpec(
         names=list(settings.metrics),
         json_schema=load_schema(settings.json_schema),
@@ -175,7 +178,9 @@ def add_judge_scores(inputs: LadderInputs, rungs: list[Rung], console: Console) 
     questions = [baselines.query_text(prompt_messages(e.messages)) for e in inputs.test]
     outputs = {rung.name: rung.answers.outputs for rung in rungs}
     references, size = inputs.references, settings.batch_size
-    judged = judge_rungs(settings.judge, questions, references, outputs, size, console, settings.precision)
+    judged = judge_rungs(
+        settings.judge, questions, references, outputs, size, console, settings.precision, inputs.config.model
+    )
     for rung in rungs:
         assert rung.scores is not None
         rung.scores.per_example["judge"], rung.judge_unparsed = judged[rung.name]
@@ -187,8 +192,8 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
     config, settings = inputs.config, inputs.config.evaluate
     model_path = resolve_model(config.model.reference)
     device, dtype = local_inference(settings.precision)
-    model = load_model(model_path, dtype, device)
-    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, dtype, device, opt_in=config.model)
+    tokenizer = load_tokenizer(model_path, config.model)
     for name in prompting_rung_names(settings):
         if name == "zero-shot":
             prompt_rung = baselines.zero_shot(inputs.test)
@@ -230,7 +235,7 @@ def fine_tuned_rung(
 ) -> Rung:
     settings = inputs.config.evaluate
     device, dtype = local_inference(settings.precision)
-    model, tokenizer = trained_model(candidate, dtype, device)
+    model, tokenizer = trained_model(candidate, dtype, device, inputs.config.model)
     prompts = [prompt_messages(e.messages) for e in inputs.test]
     answers = answer_all(
         candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console

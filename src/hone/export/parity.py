@@ -13,9 +13,10 @@ from rich.table import Table
 from hone.data.load import load_split
 from hone.errors import HoneError
 from hone.export.gguf import EXACT_TYPES, GGUFExport
+from hone.export.merge import verify_export
 from hone.export.ollama import modelfile_system
 from hone.io import atomic_write_json
-from hone.models.resolve import load_model, load_tokenizer
+from hone.models.resolve import code_policy, load_model, load_tokenizer
 from hone.runs import FinishedRun, open_language_model_run
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def parity_prompts(
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(run.weights)
+    tokenizer = AutoTokenizer.from_pretrained(run.weights, **code_policy(run.weights, run.config.model))
     data = run.config.data
     served = modelfile_system(modelfile.read_text(encoding="utf-8")) if modelfile else data.system_prompt
     for split in ("test", "validation"):
@@ -141,26 +142,29 @@ def parity_check(
 
     Reports, per prompt, whether the GGUF tokenizer reads it the same, whether the outputs are equal,
     and the largest logit difference; written to parity.json. A lossy type's mismatch is a finding,
-    not an error.
+    not an error. Both exports are read only after their files match the sha256 their export.json records.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    for written in (export.merged, export.folder):
+        verify_export(written)
+    run = open_language_model_run(export.run, "export")
     if prompts is None:
-        run = open_language_model_run(export.run, "export")
         labelled, source = parity_prompts(run, modelfile=export.modelfile)
     else:
         labelled, source = [(text[:60], text) for text in prompts], "given prompts"
     folder, name = str(export.model.parent), export.model.name
+    no_code = {"gguf_file": name, "trust_remote_code": False}  # a GGUF holds tensors and metadata, no code
     try:
-        gguf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        gguf_tokenizer = AutoTokenizer.from_pretrained(folder, **no_code)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **no_code)
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise HoneError(
             f"{export.model}: transformers cannot read this GGUF back ({exc}); the export is complete, "
             "run again with --no-parity to skip the check"
         ) from None
-    tokenizer = load_tokenizer(export.merged)
-    merged = load_model(export.merged).eval()
+    tokenizer = load_tokenizer(export.merged, run.config.model)
+    merged = load_model(export.merged, opt_in=run.config.model).eval()
     result = ParityResult(quant=export.quant, prompt_source=source, max_new_tokens=max_new_tokens)
     models = (merged, gguf_model.eval())
     for label, text in labelled:

@@ -22,10 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hone.errors import HoneError, clipped, quoted
 from hone.io import file_digest
+
+if TYPE_CHECKING:
+    from hone.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +213,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
     check_gguf_tables(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    no_code = {"gguf_file": name, "trust_remote_code": False}  # a GGUF holds tensors and metadata, no code
+    tokenizer = AutoTokenizer.from_pretrained(folder, **no_code)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **no_code)
+    config = AutoConfig.from_pretrained(folder, **no_code)
     for attribute in ("quantization_config", "_name_or_path"):
         if hasattr(config, attribute):
             delattr(config, attribute)
@@ -239,11 +243,63 @@ def unloadable(path: Path) -> Iterator[None]:
         raise HoneError(f"{path}: the model does not load ({type(exc).__name__}: {exc})") from exc
 
 
-def load_tokenizer(path: Path) -> Any:
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+CODE_CONFIGS = ("config.json", "tokenizer_config.json")  # where a folder names code of its own (auto_map)
+
+
+def code_policy(path: Path, opt_in: ModelConfig | None = None) -> dict[str, Any]:
+    """The `trust_remote_code` every from_pretrained of `path` passes: False unless the config's
+    model.trust_remote_code says otherwise. A folder that names Python code of its own (`auto_map`) is
+    refused without that opt-in: transformers would run the code, or quietly load a built-in class in its
+    place."""
+    trusted = bool(opt_in and opt_in.trust_remote_code)
+    if not trusted:
+        for name in CODE_CONFIGS:
+            if "auto_map" in json_fields(path / name):
+                raise HoneError(
+                    f"{path / name}: its auto_map names Python code of the model's own, which loading would "
+                    "run; set model.trust_remote_code: true only if you trust where the folder came from"
+                )
+    return {"trust_remote_code": trusted}
+
+
+def weights_policy(path: Path, opt_in: ModelConfig | None = None) -> dict[str, Any]:
+    """The options every from_pretrained of model weights at `path` passes: safetensors only and no code of
+    the folder's own, unless the config's model.allow_pickle / model.trust_remote_code opt in.
+
+    A folder whose weights are only pickles is refused here, by name, rather than left to transformers: a
+    pickle can run any code it carries when it is loaded; safetensors hold tensors and nothing else.
+    """
+    options = code_policy(path, opt_in)
+    if opt_in and opt_in.allow_pickle:
+        return options  # transformers still prefers safetensors where the folder has both
+    pickles = sorted(file.name for pattern in PICKLE_WEIGHTS for file in path.glob(pattern) if file.is_file())
+    if pickles and not any(path.glob("*.safetensors")):
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise HoneError(
+            f"{path}: holds pickle weights only ({shown}), and loading a pickle can run any code it "
+            "carries. Convert them to safetensors, or set model.allow_pickle: true if you trust where "
+            "the folder came from"
+        )
+    return {**options, "use_safetensors": True}
+
+
+def json_fields(path: Path) -> dict[str, Any]:
+    """A JSON file's top-level object, empty where there is none: the load itself reports a broken file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def load_tokenizer(path: Path, opt_in: ModelConfig | None = None) -> Any:
+    """The folder's tokenizer; `opt_in` is the config's model section (None: no code of the folder's own)."""
     from transformers import AutoTokenizer
 
+    options = code_policy(path, opt_in)
     with unloadable(path):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -282,13 +338,21 @@ def local_inference(precision: str) -> tuple[str, Any]:
     return device, inference_dtype(precision, device)
 
 
-def load_model(path: Path, dtype: Any = None, device: str = "cpu", attention: str | None = None) -> Any:
+def load_model(
+    path: Path,
+    dtype: Any = None,
+    device: str = "cpu",
+    attention: str | None = None,
+    opt_in: ModelConfig | None = None,
+) -> Any:
     """A causal LM in `dtype` (fp32 by default) on `device`, with transformers' attention kernel named
-    `attention` (its default when None)."""
+    `attention` (its default when None); `opt_in` is the config's model section (see `weights_policy`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    options = {"attn_implementation": attention} if attention else {}
+    options = weights_policy(path, opt_in)
+    if attention:
+        options["attn_implementation"] = attention
     with unloadable(path):
         model, loading = AutoModelForCausalLM.from_pretrained(
             path,

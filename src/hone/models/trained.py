@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from hone.errors import HoneError
 from hone.models.quantization import quantization_config
-from hone.models.resolve import load_model, load_tokenizer, torch_dtype
+from hone.models.resolve import load_model, load_tokenizer, torch_dtype, weights_policy
+
+if TYPE_CHECKING:
+    from hone.config import ModelConfig
 
 
 class TrainedWeights(Protocol):
@@ -122,25 +125,30 @@ def check_safetensors(path: Path) -> None:
 
 
 def trained_model(
-    trained: TrainedWeights, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    trained: TrainedWeights,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    opt_in: ModelConfig | None = None,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a trained language model on `device`, in `dtype` (adapters are merged in
-    fp32 on the CPU first, so the merged weights are rounded once)."""
-    tokenizer = load_tokenizer(trained.weights)
+    fp32 on the CPU first, so the merged weights are rounded once). `opt_in` is the config's model
+    section: what it allows to load (see hone.models.resolve.weights_policy)."""
+    tokenizer = load_tokenizer(trained.weights, opt_in)
     if trained.kind == "full":
-        return load_model(trained.weights, dtype=dtype, device=device), tokenizer
-    merged = merged_model(trained, dequantized=trained.kind == "qlora")
+        return load_model(trained.weights, dtype=dtype, device=device, opt_in=opt_in), tokenizer
+    merged = merged_model(trained, dequantized=trained.kind == "qlora", opt_in=opt_in)
     return merged.to(device=device, dtype=dtype), tokenizer
 
 
-def merged_model(trained: TrainedWeights, dequantized: bool) -> Any:
+def merged_model(trained: TrainedWeights, dequantized: bool, opt_in: ModelConfig | None = None) -> Any:
     from peft import PeftModel
 
-    base = dequantized_base(trained) if dequantized else load_model(trained.base)
+    weights_policy(trained.weights, opt_in)  # PEFT takes no such options for an adapter: the check counts
+    base = dequantized_base(trained, opt_in) if dequantized else load_model(trained.base, opt_in=opt_in)
     return PeftModel.from_pretrained(base, trained.weights).merge_and_unload()
 
 
-def dequantized_base(trained: TrainedWeights) -> Any:
+def dequantized_base(trained: TrainedWeights, opt_in: ModelConfig | None = None) -> Any:
     """The base exactly as QLoRA training saw it: NF4-quantized at the training dtype, then dequantized.
 
     Loading at the training dtype matters: on a GPU the weights are cast to bf16 before quantization and
@@ -152,6 +160,10 @@ def dequantized_base(trained: TrainedWeights) -> Any:
     dtype = torch_dtype(trained.training_precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     quantized = AutoModelForCausalLM.from_pretrained(
-        trained.base, quantization_config=quantization_config(dtype), dtype=dtype, device_map=device
+        trained.base,
+        quantization_config=quantization_config(dtype),
+        dtype=dtype,
+        device_map=device,
+        **weights_policy(trained.base, opt_in),
     )
     return quantized.dequantize(dtype=torch.float32).to(device="cpu", dtype=torch.float32)

@@ -65,10 +65,11 @@ def check_truncation(config: HoneConfig) -> None:
 def policy_and_reference(config: HoneConfig, model_path: Path, setup: Setup) -> tuple[Any, Any, Any]:
     """The model to train, its reference (None: the adapter switched off) and the LoRA config for TRL."""
     adapter = config.train.adapter
-    policy = load_base(model_path, setup, quantized=adapter.kind == "qlora", trained=adapter.kind == "full")
+    quantized, trained = adapter.kind == "qlora", adapter.kind == "full"
+    policy = load_base(model_path, setup, quantized=quantized, trained=trained, opt_in=config.model)
     if isinstance(adapter, LoraAdapter):
         return policy, None, lora_config(adapter, "CAUSAL_LM")
-    reference = load_base(model_path, setup, quantized=False)
+    reference = load_base(model_path, setup, quantized=False, opt_in=config.model)
     reference.requires_grad_(False)
     return policy, reference.eval(), None
 

@@ -20,7 +20,7 @@ from hone.data.formats import Example
 from hone.data.load import load_split, require_kind
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
-from hone.models.resolve import load_tokenizer, resolve_model
+from hone.models.resolve import load_tokenizer, resolve_model, weights_policy
 from hone.runs import METRICS, RunFolder, failure_recorded
 from hone.track import track_completed
 from hone.train import hardware
@@ -88,6 +88,7 @@ def run_training(config: HoneConfig, console: Console, track: bool = True) -> Ru
     version = dataset_hash(splits)
     with state.main_process_first():  # one process converts the model; the others find it cached
         model_path = resolve_model(config.model.reference)
+    weights_policy(model_path, config.model)  # pickles, or code of the model's own: refused before a run
     run = shared_run_folder(config, state)
     with failure_recorded(run, record=state.is_main_process):  # from here on a failure is the run's
         if state.is_main_process:
@@ -148,7 +149,7 @@ def execute(
 ) -> TrainResult:
     """Train, and on the main process write the training summary and mark the run completed."""
     state = process_state()
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, config.model)
     result = train_method(config, model_path, tokenizer, splits, run, console, resume)
     if state.is_main_process:
         summary = training_summary(result)

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from hone.config import HoneConfig
+from hone.config import HoneConfig, ModelConfig
 from hone.data.formats import Example
 from hone.errors import HoneError
-from hone.models.resolve import load_tokenizer, resolve_model
+from hone.models.resolve import load_tokenizer, resolve_model, weights_policy
 from hone.runs import RunFolder, inside_run
 from hone.train.dpo import preference_dataset, show_ranking
 from hone.train.setup import TrainResult, build_model, callbacks, choose, fit, trainer_arguments
@@ -102,8 +102,11 @@ def count_left_out(config: HoneConfig, trainer: Any, console: Console, train_cou
     return left_out
 
 
-def load_reward_model(run_path: Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The reward model of a completed `method: reward` run and its tokenizer, in eval mode, ready to score.
+def load_reward_model(
+    run_path: Path, device: str = "cpu", opt_in: ModelConfig | None = None
+) -> tuple[Any, Any]:
+    """The reward model of a completed `method: reward` run and its tokenizer, in eval mode, ready to score;
+    `opt_in` is the config's model section: what it allows to load (hone.models.resolve.weights_policy).
 
     A LoRA/QLoRA adapter is merged into its full-precision base, so scoring is one plain forward pass.
     (A QLoRA adapter was trained against the 4-bit base, so its merged scores differ slightly from the
@@ -119,19 +122,20 @@ def load_reward_model(run_path: Path, device: str = "cpu") -> tuple[Any, Any]:
             f"status {manifest.status!r}); train one with method: reward"
         )
     folder = inside_run(run_path, weights, "artifacts.weights")
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder, opt_in)
+    options = weights_policy(folder, opt_in)  # PEFT takes no such options for an adapter: the check counts
     if weights == "adapter":
         from peft import PeftModel
 
-        base_path = manifest.base_model.path or resolve_model(manifest.base_model.reference)
+        base_path = Path(manifest.base_model.path or resolve_model(manifest.base_model.reference))
         with quiet_load_report():
             base = AutoModelForSequenceClassification.from_pretrained(
-                base_path, num_labels=1, dtype=torch.float32
+                base_path, num_labels=1, dtype=torch.float32, **weights_policy(base_path, opt_in)
             )
         # The adapter brings the trained score head (PEFT's modules_to_save) along with the LoRA weights.
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32, **options)
     # The score is read at the last token that is not the pad token, as in training.
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer

@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
-from hone.config import HoneConfig, LoraAdapter
+from hone.config import HoneConfig, LoraAdapter, ModelConfig
 from hone.data.formats import Example
 from hone.data.tokenize import prompt_messages
 from hone.errors import HoneError
@@ -51,15 +51,15 @@ logger = logging.getLogger(__name__)
 RewardFunction = Callable[..., list[float | None]]
 
 
-def load_reward(spec: str, device: str = "cpu") -> RewardFunction:
+def load_reward(spec: str, device: str = "cpu", opt_in: ModelConfig | None = None) -> RewardFunction:
     """The reward as a TRL reward function, from `file.py:function` or a reward-model run folder (whose
-    model is loaded onto `device`)."""
+    model is loaded onto `device`, as the config's model section `opt_in` allows)."""
     file, _, name = spec.rpartition(":")
     if file.endswith(".py") and name:
         return reward_from_file(Path(file), name, spec)
     folder = Path(spec)
     if (folder / MANIFEST).is_file():
-        return reward_from_run(folder, device)
+        return reward_from_run(folder, device, opt_in)
     raise HoneError(
         f"train.rl.reward {spec!r}: expected 'path/to/file.py:function' or the run folder of a reward model "
         f"(method: reward); {folder} is not a run folder (no {MANIFEST})"
@@ -105,7 +105,7 @@ def check_signature(function: Callable[..., Any], spec: str) -> None:
         )
 
 
-def reward_from_run(folder: Path, device: str) -> RewardFunction:
+def reward_from_run(folder: Path, device: str, opt_in: ModelConfig | None = None) -> RewardFunction:
     """A reward function that scores with the reward model of a completed `method: reward` run.
 
     hone wraps the model in a function instead of handing it to TRL as a reward model: TRL would render
@@ -125,7 +125,7 @@ def reward_from_run(folder: Path, device: str) -> RewardFunction:
         )
     from hone.train.reward import load_reward_model, score_texts
 
-    model, tokenizer = load_reward_model(folder, device)
+    model, tokenizer = load_reward_model(folder, device, opt_in)
 
     def reward_model(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         conversations = [
@@ -231,12 +231,13 @@ def train_rl(
     rl, adapter = config.train.rl, config.train.adapter
     check_batch(config, process_state().num_processes)
     setup = choose(config, console)
-    reward = load_reward(rl.reward or "", setup.device)  # before the policy loads: a bad one fails fast
+    reward = load_reward(rl.reward or "", setup.device, config.model)  # a bad one fails before the policy
     train_set, too_long = prompt_split(config, tokenizer, train_examples, "training", console)
     eval_set = prompt_split(config, tokenizer, validation_examples, "validation", console)[0]
     # TRL wraps the adapter itself: with a KL penalty (rl.beta > 0) the reference policy is then the base
     # with the adapter switched off, where a ready PEFT model would get a copied "ref" adapter, saved too.
-    model = load_base(model_path, setup, quantized=adapter.kind == "qlora", trained=adapter.kind == "full")
+    quantized, trained = adapter.kind == "qlora", adapter.kind == "full"
+    model = load_base(model_path, setup, quantized=quantized, trained=trained, opt_in=config.model)
     peft = lora_config(adapter, "CAUSAL_LM") if isinstance(adapter, LoraAdapter) else None
     trainer = make_trainer(config, model, peft, reward, tokenizer, train_set, eval_set, run, setup, console)
     return fit(trainer, run, adapter.kind, resume, too_long, setup.attention, kernels=setup.cpu_kernels)

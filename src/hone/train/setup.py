@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from hone.config import HoneConfig, LoraAdapter
+from hone.config import HoneConfig, LoraAdapter, ModelConfig
 from hone.errors import HoneError
 from hone.io import atomic_write_jsonl
 from hone.models.quantization import quantization_config
-from hone.models.resolve import load_model, require_all_weights, torch_dtype, unloadable
+from hone.models.resolve import load_model, require_all_weights, torch_dtype, unloadable, weights_policy
 from hone.runs import RunFolder
 from hone.train import hardware
 from hone.train.checkpoints import CHECKPOINTS, MarkComplete
@@ -154,9 +154,15 @@ def lora_config(adapter: LoraAdapter, task_type: str) -> Any:
 
 
 def load_base(
-    model_path: Path, setup: Setup, quantized: bool, head: Head = "causal", trained: bool = False
+    model_path: Path,
+    setup: Setup,
+    quantized: bool,
+    head: Head = "causal",
+    trained: bool = False,
+    opt_in: ModelConfig | None = None,
 ) -> Any:
     """The base model: a causal LM, or a sequence classifier with one scalar output for reward models.
+    `opt_in` is the config's model section: what it allows to load (see hone.models.resolve.weights_policy).
 
     A frozen base (under adapters, or a reference model) loads in the compute precision. Weights that
     are `trained` (full fine-tuning) stay fp32 and autocast computes in bf16/fp16: AdamW's steps at
@@ -168,8 +174,9 @@ def load_base(
     dtype = torch.float32 if trained else setup.dtype
     attention = None if setup.attention == hardware.CPU_ATTENTION else setup.attention
     if head == "causal" and not quantized:
-        return load_model(model_path, dtype=dtype, device=setup.device, attention=attention)
-    options: dict[str, Any] = {"dtype": dtype, "device_map": setup.device, "output_loading_info": True}
+        return load_model(model_path, dtype=dtype, device=setup.device, attention=attention, opt_in=opt_in)
+    options = weights_policy(model_path, opt_in)
+    options.update(dtype=dtype, device_map=setup.device, output_loading_info=True)
     if attention:
         options["attn_implementation"] = attention
     if quantized:
@@ -195,7 +202,9 @@ def build_model(config: HoneConfig, model_path: Path, setup: Setup, head: Head =
 
     adapter = config.train.adapter
     set_seed(config.train.seed)  # adapter (and score head) initialisation is part of what the seed fixes
-    model = load_base(model_path, setup, adapter.kind == "qlora", head, trained=adapter.kind == "full")
+    model = load_base(
+        model_path, setup, adapter.kind == "qlora", head, trained=adapter.kind == "full", opt_in=config.model
+    )
     if head == "score" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id  # the classifier reads the last real token
     if not isinstance(adapter, LoraAdapter):

@@ -37,6 +37,7 @@ def test_clean_example_task_has_no_problems(tiny_model_dir: Path) -> None:
     splits = {name: EXAMPLE / f"{name}.jsonl" for name in ("train", "validation", "test")}
     report = run_data_check(splits, tiny_model_dir, 512, TrainConfig(epochs=2))
     assert report.error_count == 0, report.to_dict()
+    assert not [w for w in report.warnings if "possible data poisoning" in w], report.warnings
     train = report.splits[0]
     assert train.examples == 600 and train.format == "chat"
     assert 150 < train.token_lengths["median"] < 250

@@ -11,7 +11,8 @@ from hone.config import FewShotSettings, RagSettings
 from hone.data.load import load_split
 from hone.errors import HoneError
 from hone.evaluate import baselines
-from hone.evaluate.retrieval import chunk_text, embed, load_knowledge, nearest
+from hone.evaluate.retrieval import chunk_text, load_knowledge, nearest
+from hone.models.embedder import embed
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "support-tickets"
 
