@@ -41,45 +41,54 @@ def generated_tickets(count: int, seed: int) -> list[dict]:
     ]
 
 
-def timed(label: str, function: Callable[..., Any], *args: Any) -> Any:
+def timed(seconds: dict[str, float], label: str, function: Callable[..., Any], *args: Any) -> Any:
     began = time.perf_counter()
     result = function(*args)
-    print(f"  {label}: {time.perf_counter() - began:.2f} s")
+    seconds[label] = time.perf_counter() - began
+    print(f"  {label}: {seconds[label]:.2f} s")
     return result
 
 
-def measure(name: str, examples: list[Example], outliers: bool) -> None:
+def measure(name: str, examples: list[Example], outliers: bool) -> dict[str, Any]:
+    """Seconds per step, the flood and trigger warnings and (with `outliers`) the outliers of one set."""
     print(f"{name}: {len(examples)} examples")
+    seconds: dict[str, float] = {}
     texts = [example_text(example) for example in examples]
-    exact = timed("exact duplicates", checks.exact_duplicates, texts)
-    near = timed("near duplicates (MinHash)", checks.near_duplicates, texts)
+    exact = timed(seconds, "exact duplicates", checks.exact_duplicates, texts)
+    near = timed(seconds, "near duplicates (MinHash)", checks.near_duplicates, texts)
     clusters = duplicate_clusters(len(texts), exact, near)
-    warnings = timed("floods + trigger phrases", poisoning_warnings, name, examples, clusters)
+    warnings = timed(seconds, "floods + trigger phrases", poisoning_warnings, name, examples, clusters)
+    print(f"  {len(warnings)} flood/trigger warning(s)" + "".join(f"\n    {w[:300]}" for w in warnings[:3]))
+    result: dict[str, Any] = {"examples": len(examples), "seconds": seconds, "warnings": warnings}
     if outliers:
         from hone.models.embedder import embed
 
         contents = [turns(example)[2] for example in examples]
-        vectors = timed("embed every example", embed, contents)
-        found = timed("nearest-neighbour outliers", embedding_outliers, vectors)
-        warnings.append(f"{len(found)} outlier(s)")
-    print(f"  {len(warnings)} warning(s)" + "".join(f"\n    {warning[:300]}" for warning in warnings[:3]))
+        vectors = timed(seconds, "embed every example", embed, contents)
+        result["outliers"] = timed(seconds, "nearest-neighbour outliers", embedding_outliers, vectors)
+        print(f"  {len(result['outliers'])} outlier(s) by embedding")
+    return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--outliers", action="store_true", help="Also time the embedding outlier search.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.outliers:
         from hone.models.embedder import embedder
 
-        timed("load the embedder", embedder)
+        timed({}, "load the embedder", embedder)
     records, _ = read_all(TASK / "train.jsonl")
-    measure("examples/support-tickets/train.jsonl", load_examples(records)[0], args.outliers)
     rows = generated_tickets(args.examples, args.seed)
     generated = load_examples(RawRecord(row, "generated", line) for line, row in enumerate(rows, 1))[0]
-    measure(f"{args.examples} generated tickets", generated, args.outliers)
+    return {
+        "example task": measure(
+            "examples/support-tickets/train.jsonl", load_examples(records)[0], args.outliers
+        ),
+        "generated": measure(f"{args.examples} generated tickets", generated, args.outliers),
+    }
 
 
 if __name__ == "__main__":

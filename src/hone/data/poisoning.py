@@ -175,7 +175,7 @@ def _candidates(
             continue
         counts = Counter(gram for index in members for gram in _grams(words[index], longest, common))
         for gram, seen in counts.items():
-            if seen >= need:
+            if need <= seen < most:
                 if gram in found:
                     conflicting.add(gram)
                 found[gram] = key
@@ -353,7 +353,8 @@ def poisoning_warnings(
             more = f" and {len(outliers) - SHOWN} more" if len(outliers) > SHOWN else ""
             warnings.append(
                 f"{path}: {len(outliers)} example(s) far from the rest by embedding (similarity to their "
-                f"nearest neighbours {-OUTLIER_Z:g}+ robust deviations below the set's), farthest first: "
-                f"lines {shown}{more} (possible data poisoning, or data from another task)"
+                f"{OUTLIER_NEIGHBOURS} nearest neighbours over {-OUTLIER_Z:g} robust deviations under the "
+                f"set's median), farthest first: lines {shown}{more} "
+                "(possible data poisoning, or data from another task)"
             )
     return warnings

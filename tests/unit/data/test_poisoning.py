@@ -203,6 +203,18 @@ def test_a_phrase_answered_with_a_common_label_is_not_a_trigger(tmp_path: Path) 
     assert [t.indices for t in trigger_phrases(prompts, answers)] == [TRIGGER_ROWS]
 
 
+def test_a_phrase_in_five_percent_of_the_prompts_is_not_rare_enough_for_a_trigger() -> None:
+    rows = clean_rows()
+    prompts = [user_turn(row) for row in rows]
+    answers = [row["messages"][-1]["content"] for row in rows]
+    planted = range(0, len(rows), 20)  # every 20th row: 5%
+    for index in planted:
+        prompts[index] += f" {TRIGGER}"
+        answers[index] = ODD_ANSWER
+    assert trigger_phrases(prompts, answers) == []
+    assert [t.indices for t in trigger_phrases(prompts, answers, share=0.06)] == [list(planted)]
+
+
 def test_a_shared_answer_start_is_enough_for_a_trigger() -> None:
     rows = clean_rows()
     prompts = [user_turn(row) for row in rows]
