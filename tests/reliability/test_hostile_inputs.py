@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from completed_runs import lora_run
 
 from hone.cli import main
 
@@ -325,34 +326,6 @@ def test_broken_manifest_is_an_error_in_every_command_that_reads_it(
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json"], "nothing written into the run"
     assert not (tmp_path / "evaluations").exists()
     assert not (tmp_path / "mlflow.db").exists()
-
-
-def lora_run(root: Path, base: Path) -> Path:
-    """A completed LoRA run folder as training leaves it (the adapter saved by PEFT, untrained)."""
-    import torch
-    from peft import get_peft_model
-
-    from hone.config import HoneConfig
-    from hone.models.resolve import load_model, load_tokenizer
-    from hone.runs import RunFolder
-    from hone.train.setup import lora_config
-
-    config = HoneConfig.model_validate(
-        {
-            "model": {"reference": str(base)},
-            "data": {"train": "train.jsonl"},
-            "train": {"adapter": {"kind": "lora", "r": 4, "alpha": 8}},
-            "run": {"name": "tuned", "dir": str(root)},
-        }
-    )
-    run = RunFolder.create(config)
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(base), lora_config(config.train.adapter, "CAUSAL_LM"))
-    model.save_pretrained(run.path / "adapter")
-    load_tokenizer(base).save_pretrained(run.path / "adapter")
-    run.update(base_model={"path": str(base)}, artifacts={"weights": "adapter"})
-    run.finish("completed")
-    return run.path
 
 
 def test_truncated_adapter_is_refused_by_export_merge(monkeypatch, capsys, tmp_path, tiny_model_dir) -> None:
