@@ -48,11 +48,19 @@ app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Check, preview and prepare training data.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+registry_app = typer.Typer(
+    no_args_is_help=True, help="Model versions with lineage, aliases moved through a gate, rollback."
+)
+app.add_typer(registry_app, name="registry")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.learning_rate=1e-4")
 ]
+StoreOption = Annotated[
+    str | None, typer.Option("--uri", help="MLflow store; default HONE_TRACKING_URI, else SQLite in .hone/.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
 @config_app.command("validate")
@@ -216,6 +224,152 @@ def track(
     console.print(f"MLflow run {log_run(run, uri, experiment)}")
 
 
+@registry_app.command("add")
+def registry_add(
+    run: Annotated[Path, typer.Argument(help="A completed training run folder (runs/<name>).")],
+    name: Annotated[str, typer.Option("--name", help="The registered model, e.g. support-tickets.")],
+    uri: StoreOption = None,
+) -> None:
+    """Register a run as the model's next version: its files copied and hashed, its lineage as tags."""
+    from hone.registry.store import Registry
+
+    version = Registry(uri).add(run, name)
+    console.print(f"[green]registered[/] {version.ref} (sha256 {version.sha256[:16]}) from {run}")
+
+
+@registry_app.command("list")
+def registry_list(
+    name: Annotated[str | None, typer.Argument(help="A model: its versions; none: every model.")] = None,
+    as_json: JsonOption = False,
+    uri: StoreOption = None,
+) -> None:
+    """Registered models, or one model's versions with aliases, run, base and evaluation."""
+    from hone.registry.show import print_models, print_versions, version_json
+    from hone.registry.store import Registry
+
+    registry = Registry(uri)
+    if name is not None:
+        registry.model_exists(name)
+    versions = registry.versions(name)
+    if as_json:
+        print(json.dumps([version_json(version) for version in versions], indent=2))
+    elif name is not None:
+        print_versions(name, versions, console)
+    else:
+        names = registry.names()
+        print_models([(n, [v for v in versions if v.name == n]) for n in names], console)
+
+
+@registry_app.command("show")
+def registry_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or NAME@ALIAS.")],
+    as_json: JsonOption = False,
+    uri: StoreOption = None,
+) -> None:
+    """One version: its files, lineage, training summary and evaluations."""
+    from hone.registry.refs import parse_ref
+    from hone.registry.show import print_version, version_json
+    from hone.registry.store import Registry
+
+    version = Registry(uri).version(parse_ref(ref))
+    if as_json:
+        print(json.dumps(version_json(version), indent=2))
+    else:
+        print_version(version, console)
+
+
+@registry_app.command("lineage")
+def registry_lineage(
+    ref: Annotated[
+        str,
+        typer.Argument(help="NAME/VERSION or NAME@ALIAS; or dataset:<hash> or a prepared dataset folder."),
+    ],
+    as_json: JsonOption = False,
+    uri: StoreOption = None,
+) -> None:
+    """Back from a version to its dataset, config and base model; forward from a dataset to its models."""
+    from hone.registry.lineage import lineage
+    from hone.registry.show import lineage_json, print_lineage, print_trained_on
+    from hone.registry.store import Registry
+
+    version, dataset, same_data = lineage(Registry(uri), ref)
+    if as_json:
+        print(json.dumps(lineage_json(version, same_data, dataset), indent=2))
+    elif version is not None:
+        print_lineage(version, same_data, console)
+    else:
+        print_trained_on(dataset, same_data, console)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    ref: Annotated[str, typer.Argument(help="NAME/VERSION (or NAME@ALIAS) to promote.")],
+    to: Annotated[str, typer.Option("--to", help="The alias: staging or production.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Target, gate, serving and test split; default the version's own."
+        ),
+    ] = None,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses.")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (required with --force).")] = None,
+    uri: StoreOption = None,
+) -> None:
+    """Move an alias to a version through the gate (target, holder, general capability, servable). Exit 1
+    when the gate refuses."""
+    from hone.registry.gate import promote
+    from hone.registry.refs import parse_ref
+    from hone.registry.show import print_gate
+    from hone.registry.store import Registry
+
+    outcome = promote(Registry(uri), parse_ref(ref), to, console, config, overrides, force, reason)
+    if outcome.record is None:
+        console.print(f"{outcome.candidate.ref} already holds {to}; nothing to do")
+        return
+    print_gate(outcome, console)
+    name = outcome.candidate.name
+    if outcome.record.action == "refuse":
+        errors.print(
+            f"[red]refused[/]: {name}@{to} stays at {outcome.holder.version if outcome.holder else 'none'}"
+        )
+        raise typer.Exit(1)
+    forced = " [yellow](forced past the gate)[/]" if outcome.record.action == "force" else ""
+    console.print(f"[green]promoted[/] {outcome.candidate.ref} -> {name}@{to}{forced}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    name: Annotated[str, typer.Argument(help="The registered model.")],
+    alias: Annotated[str, typer.Option("--alias", help="The alias to move back.")] = "production",
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the audit trail.")] = None,
+    uri: StoreOption = None,
+) -> None:
+    """Point the alias back to the version it held before, at once (serving follows the alias)."""
+    from hone.registry.gate import rollback
+    from hone.registry.store import Registry
+
+    record = rollback(Registry(uri), name, alias, reason)
+    console.print(f"[green]rolled back[/] {name}@{alias}: {record.from_version} -> {record.to_version}")
+
+
+@registry_app.command("history")
+def registry_history(
+    name: Annotated[str, typer.Argument(help="The registered model.")],
+    as_json: JsonOption = False,
+    uri: StoreOption = None,
+) -> None:
+    """Every promotion, refusal and rollback: when, who, from, to, why, the gate's numbers."""
+    from hone.registry.show import print_history
+    from hone.registry.store import Registry
+
+    records = Registry(uri).history(name)
+    if as_json:
+        print(json.dumps([record.model_dump(mode="json", exclude_none=True) for record in records], indent=2))
+    else:
+        print_history(name, records, console)
+
+
 @app.command("train")
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
@@ -243,9 +397,14 @@ def evaluate(
     config: ConfigOption,
     overrides: Overrides = None,
     candidate: Annotated[
-        list[Path] | None,
-        typer.Option("--candidate", help="A completed run folder to add as a rung (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--candidate",
+            help="A completed run folder, or a registered version (NAME/VERSION, NAME@ALIAS), to add as a "
+            "rung (repeatable).",
+        ),
     ] = None,
+    uri: StoreOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print ladder.json to stdout (progress to stderr).")
     ] = False,
@@ -254,9 +413,11 @@ def evaluate(
     from hone.config import load_config
     from hone.evaluate.ladder import run_evaluation
     from hone.evaluate.summary import show_ladder
+    from hone.registry.store import candidate_folders
 
     shown = errors if as_json else console
-    run, ladder = run_evaluation(load_config(config, overrides), list(candidate or []), shown)
+    folders, names = candidate_folders(candidate or [], uri)
+    run, ladder = run_evaluation(load_config(config, overrides), folders, shown, names)
     if as_json:
         from hone.contract import to_json
 

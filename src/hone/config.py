@@ -489,6 +489,44 @@ class TrackConfig(Strict):
     experiment: str = Field("hone", description="MLflow experiment name.")
 
 
+REGISTRY_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # what `hone registry` accepts as a model name
+
+
+class GateSettings(Strict):
+    general_tolerance: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Most general-probe accuracy (absolute) a candidate may lose against the alias's "
+        "current holder and still be promoted.",
+    )
+
+
+class RegistryConfig(Strict):
+    name: str | None = Field(
+        None,
+        pattern=f"^{REGISTRY_NAME}$",
+        description="The quickstart registers its run as a new version of this model; None: it does not.",
+    )
+    promote_to: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_-]{0,62}$",
+        description="The alias the quickstart then promotes that version to, through the gate.",
+    )
+    gate: GateSettings = Field(default_factory=GateSettings, description="The promotion gate's rules.")
+
+
+class ServeConfig(Strict):
+    base_model: str | None = Field(
+        None,
+        description="The base model the server holds in memory; adapters over another base are not "
+        "servable. None: model.reference.",
+    )
+    max_lora_rank: int = Field(
+        64, ge=1, le=65_536, description="Largest LoRA rank the server loads (the promotion gate checks it)."
+    )
+
+
 class HoneConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     data: DataConfig = Field(description="Where the examples are.")
@@ -496,6 +534,10 @@ class HoneConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="How to evaluate.")
     run: RunConfig = Field(default_factory=RunConfig, description="Where the run is recorded.")
     track: TrackConfig = Field(default_factory=TrackConfig, description="Experiment tracking (MLflow).")
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="Model versions, aliases and the promotion gate."
+    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="What the model server can load.")
 
 
 def without_union_tags(location: tuple[Any, ...]) -> list[Any]:

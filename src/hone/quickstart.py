@@ -19,6 +19,10 @@ from hone.contract import EvaluationLink, Ladder, LadderRung
 from hone.errors import HoneError
 from hone.evaluate.ladder import prepare, run_ladder
 from hone.evaluate.summary import show_ladder
+from hone.registry.gate import promote
+from hone.registry.refs import Ref
+from hone.registry.show import print_gate
+from hone.registry.store import Registry
 from hone.runs import RunFolder, failure_recorded, open_language_model_run
 from hone.track import track_completed
 from hone.train.pipeline import run_training
@@ -53,9 +57,29 @@ def run_quickstart(config: HoneConfig, console: Console) -> tuple[RunFolder, Run
         track_completed(run, config, console)
         track_completed(evaluation, config, console)
     show_ladder(ladder, console)
+    if config.registry.name:
+        register(run, config, console)
     minutes = (time.perf_counter() - began) / 60
     console.print(f"[bold green]Done[/] in {minutes:.1f} min. Report: {evaluation.path / 'report.html'}")
     return run, evaluation
+
+
+def register(run: RunFolder, config: HoneConfig, console: Console) -> None:
+    """Register the run as the next version of `registry.name` and promote it through the gate."""
+    name, alias = config.registry.name, config.registry.promote_to
+    assert name is not None
+    registry = Registry(config.track.uri)
+    version = registry.add(run.path, name)
+    console.print(f"[bold]Registered[/] {version.ref} (sha256 {version.sha256[:16]})")
+    if alias is None:
+        return
+    outcome = promote(registry, Ref(version.name, version.version), alias, console)
+    print_gate(outcome, console)
+    if outcome.moved:
+        console.print(f"[bold green]Promoted[/] {version.ref} -> {name}@{alias}")
+    else:
+        held = outcome.holder.version if outcome.holder else "none"
+        console.print(f"[bold yellow]The gate refused[/] {version.ref}: {name}@{alias} stays at {held}")
 
 
 def headline(rung: LadderRung) -> dict[str, float]:

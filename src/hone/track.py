@@ -208,6 +208,8 @@ def log_artifacts(client: MlflowClient, run_id: str, run: RunFolder, manifest: M
     for name in FILES:
         if (run.path / name).is_file():
             client.log_artifact(run_id, str(run.path / name))
+    if (run.path / "eval").is_dir():  # an evaluation's per-example predictions and scores
+        client.log_artifacts(run_id, str(run.path / "eval"), artifact_path="eval")
     declared = manifest.artifacts.get("weights")
     for folder in ([declared] if declared else []) + list(WEIGHT_FOLDERS):
         path = inside_run(run.path, folder, "artifacts.weights")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,9 @@ class LadderInputs:
     candidates: list[FinishedRun]
 
 
-def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
-    """Read and check everything the ladder needs before any model is loaded."""
+def prepare(config: HoneConfig, candidates: list[Path], names: dict[Path, str] | None = None) -> LadderInputs:
+    """Read and check everything the ladder needs before any model is loaded; `names` renames rungs (a
+    registered version is shown as `<name>-v<version>`, not by the run it was registered from)."""
     settings = config.evaluate
     if config.data.test is None:
         raise HoneError("data.test: the ladder needs a frozen held-out test split")
@@ -102,7 +103,11 @@ def prepare(config: HoneConfig, candidates: list[Path]) -> LadderInputs:
     base = Path(config.model.reference).expanduser()
     if base.is_dir():  # an alias or a GGUF is converted to safetensors; a hub download is safetensors only
         weights_policy(base, config.model)
-    runs = [open_language_model_run(path, "are evaluated") for path in candidates]
+    runs = [
+        replace(run, name=(names or {}).get(path, run.name))
+        for path in candidates
+        if (run := open_language_model_run(path, "are evaluated"))
+    ]
     for candidate in runs:  # a corrupt adapter fails here, not after every prompting rung has run
         for folder in (candidate.weights, *([candidate.base] if candidate.kind != "full" else [])):
             check_weights(folder)
@@ -492,10 +497,12 @@ def predictions(rung: Rung, inputs: LadderInputs) -> list[dict[str, Any]]:
     return rows
 
 
-def run_evaluation(config: HoneConfig, candidates: list[Path], console: Console) -> tuple[RunFolder, Ladder]:
+def run_evaluation(
+    config: HoneConfig, candidates: list[Path], console: Console, names: dict[Path, str] | None = None
+) -> tuple[RunFolder, Ladder]:
     """`hone evaluate`: the ladder in a new evaluation run folder (runs/evaluate-<time> by default)."""
     every = [*config.evaluate.candidates, *candidates]
-    inputs = prepare(config, every)  # bad input fails here, before a run folder exists
+    inputs = prepare(config, every, names)  # bad input fails here, before a run folder exists
     run = RunFolder.create(config, "evaluation")
     console.print(f"[bold]Run folder[/] {run.path}")
     with failure_recorded(run):  # an error or SIGTERM marks the run failed instead of leaving it running
