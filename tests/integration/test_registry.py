@@ -38,7 +38,10 @@ def tiny_config(folder: Path, model: Path, name: str, seed: int) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(
         f"""model: {{reference: "{model}", max_length: 256}}
-data: {{train: {folder / "train.jsonl"}, validation: {folder / "validation.jsonl"}, test: {folder / "test.jsonl"}}}
+data:
+  train: {folder / "train.jsonl"}
+  validation: {folder / "validation.jsonl"}
+  test: {folder / "test.jsonl"}
 train:
   adapter: {{kind: lora, r: 4, alpha: 8}}
   learning_rate: 1.0e-2
@@ -89,11 +92,24 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     return Registry(uri)
 
 
-def hone(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from hone.cli import main; main()", *args]
-    return subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}
-    )
+@pytest.fixture
+def hone(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """The `hone` command in this process (its real entry point and exit codes), as a finished process."""
+    from hone.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "argv", ["hone", *args])
+        monkeypatch.setenv("COLUMNS", "200")
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def test_add_keeps_a_hashed_copy_with_its_lineage_that_outlives_the_run(
@@ -161,9 +177,9 @@ def test_gate_runs_a_ladder_of_both_versions_reuses_it_and_rollback_goes_back(
 
     outcome = promote(registry, Ref("support", 2), "production", console)
     assert outcome.moved, [rule.detail for rule in outcome.rules]
-    gate_runs = [path for path in runs.iterdir() if path.name.startswith("gate-support-v2-vs-v1-")]
-    assert len(gate_runs) == 1, "the gate evaluated both versions on the test split"
-    ladder = json.loads((gate_runs[0] / "ladder.json").read_text())
+    gate_run = Path(outcome.ladder)  # a new evaluation run in the config's run.dir
+    assert gate_run.name.startswith("gate-support-v2-vs-v1-")
+    ladder = json.loads((gate_run / "ladder.json").read_text())
     assert {rung["name"] for rung in ladder["rungs"]} == {"support-v1", "support-v2"}
     holder_rule = next(rule for rule in outcome.rules if rule.name == "holder")
     assert {"delta", "low", "high", "p_value"} <= set(holder_rule.numbers)
@@ -177,7 +193,7 @@ def test_gate_runs_a_ladder_of_both_versions_reuses_it_and_rollback_goes_back(
 
     again = promote(registry, Ref("support", 2), "production", console)  # the gate's ladder is reused
     assert again.moved and again.ladder.startswith("MLflow run ")
-    assert len([p for p in runs.iterdir() if p.name.startswith("gate-")]) == 1
+    assert len(list(gate_run.parent.glob("gate-support-v2-vs-v1-*"))) == 1, "no second gate ladder"
     actions = [(r.action, r.from_version, r.to_version) for r in registry.history("support")]
     assert actions == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1), ("promote", 1, 2)]
 
@@ -240,7 +256,7 @@ def worse_ladder(runs: Path) -> Path:
 
 
 def test_a_worse_candidate_is_refused_by_the_cli_and_force_needs_a_reason(
-    registry: Registry, runs: Path
+    registry: Registry, runs: Path, hone
 ) -> None:
     registry.add(runs / "first", "support")
     assert promote(registry, Ref("support", 1), "production", Console(quiet=True)).moved
@@ -289,7 +305,7 @@ def test_a_tampered_truncated_or_missing_file_is_refused_by_name(registry: Regis
     assert registry.history("support") == [], "a refused load is not a promotion"
 
 
-def test_bad_names_and_references_exit_2_and_write_nothing(registry: Registry, runs: Path) -> None:
+def test_bad_names_and_references_exit_2_and_write_nothing(registry: Registry, runs: Path, hone) -> None:
     uri = ["--uri", registry.uri]
     for bad in ("../x", "", "a/b", "-x"):
         result = hone("registry", "add", str(runs / "first"), "--name", bad, *uri)
