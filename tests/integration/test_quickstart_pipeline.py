@@ -102,11 +102,13 @@ def test_quickstart_trains_evaluates_and_records_everything(tiny_config: Path) -
     assert "The ladder on 6 test examples" in shown and "Recommendation:" in shown
 
 
-def test_prepared_dataset_trains_packed_and_records_its_version(
-    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path]
+def test_prepared_dataset_trains_packed_records_its_version_and_registers(
+    tmp_path: Path, tiny_model_dir: Path, small_task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hone.data.prepare import PrepareOptions, prepare_dataset
     from hone.data.sources import SourceSpec
+    from hone.registry.lineage import lineage
+    from hone.registry.store import Registry
 
     sources = [SourceSpec(small_task[name]) for name in ("train", "validation", "test")]
     folder = prepare_dataset(sources, tmp_path / "versions", PrepareOptions(fractions=(0.7, 0.15, 0.15)))
@@ -120,10 +122,13 @@ train: {{adapter: {{kind: lora, r: 4}}, learning_rate: 1.0e-2, max_steps: 3, bat
         logging_steps: 1}}
 evaluate: {{max_new_tokens: 4, batch_size: 4, general: {{limit: 8}}}}
 run: {{name: packed, dir: {tmp_path / "runs"}}}
+registry: {{name: packed-model, promote_to: production}}
 """,
         encoding="utf-8",
     )
-    run, _ = run_quickstart(load_config(config), Console(record=True, width=160))
+    monkeypatch.setenv("HONE_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    console = Console(record=True, width=160)
+    run, _ = run_quickstart(load_config(config), console)
     manifest = run.manifest
     assert manifest.status == "completed"
     assert manifest.dataset.hash == version, "the run records the dataset version it trained on"
@@ -132,6 +137,18 @@ run: {{name: packed, dir: {tmp_path / "runs"}}}
     assert all(math.isfinite(row["loss"]) for row in history if "loss" in row)
     adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
     assert all(float(t.abs().sum()) > 0 for name, t in adapter.items() if "lora_B" in name)
+
+    # the quickstart registered the run and promoted it: no holder yet, so the target alone decided
+    registry = Registry()
+    production = registry.holder("packed-model", "production")
+    assert production is not None and production.version == 1
+    assert "Promoted packed-model/1 -> packed-model@production" in console.export_text()
+    assert production.tags["hone.dataset_card_version"] == version
+    assert (registry.folder(production) / "dataset" / "card.json").read_text() == (
+        folder / "card.json"
+    ).read_text()
+    found, dataset, trained = lineage(registry, str(folder))  # forward from the dataset version
+    assert found is None and dataset == version and [v.ref for v in trained] == ["packed-model/1"]
 
 
 @pytest.mark.parametrize("adapter", ["qlora", "full"])

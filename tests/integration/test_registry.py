@@ -400,3 +400,32 @@ def test_kill_9_during_add_leaves_no_version_pointing_at_missing_files(
     after = registry.add(runs / "second", "support")
     assert registry.folder(after).is_dir()
     assert after.version == max(v.version for v in registry.versions("support"))
+
+
+def test_list_show_and_lineage_both_ways(registry: Registry, runs: Path, hone) -> None:
+    first = registry.add(runs / "first", "support")
+    registry.add(runs / "second", "support")
+    registry.add(runs / "second", "other")
+    assert promote(registry, Ref("support", 1), "production", Console(quiet=True)).moved
+    uri = ["--uri", registry.uri]
+    dataset = first.tags["hone.dataset_hash"]
+
+    listed = json.loads(hone("registry", "list", "support", "--json", *uri).stdout)
+    assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["production"])]
+    table = hone("registry", "list", *uri).stdout
+    assert "support" in table and "production -> 1" in table and "other" in table
+    shown = json.loads(hone("registry", "show", "support@production", "--json", *uri).stdout)
+    assert shown["version"] == 1 and shown["lineage"]["run_name"] == "first"
+    assert shown["lineage"]["training"]["steps"] == 2 and shown["lineage"]["config"]["train"]["seed"] == 1
+
+    back = hone("registry", "lineage", "support/1", *uri)
+    assert back.returncode == 0, back.stderr
+    assert f"dataset    {dataset}" in back.stdout and "train: " in back.stdout
+    assert "base model " in back.stdout and first.tags["hone.base_model_sha256"][:16] in back.stdout
+    assert "evaluated  first-ladder" in back.stdout
+    forward = json.loads(hone("registry", "lineage", f"dataset:{dataset[:12]}", "--json", *uri).stdout)
+    assert forward["version"] is None
+    assert sorted(forward["trained_on_dataset"]) == ["other/1", "support/1", "support/2"]
+    unknown = hone("registry", "lineage", "dataset:0000000000", "--json", *uri)
+    assert json.loads(unknown.stdout)["trained_on_dataset"] == []
+    assert hone("registry", "lineage", "dataset:xyz", *uri).returncode == 2

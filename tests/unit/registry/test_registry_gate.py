@@ -93,5 +93,5 @@ def test_rollback_replays_promotions_as_a_stack() -> None:
     assert previous_holder(trail, "production", 1) is None
     trail.append(record("promote", 5))
     assert previous_holder(trail, "production", 5) == 1
-    assert previous_holder(trail + [record("promote", 9, "staging")], "staging", 9) is None
+    assert previous_holder([*trail, record("promote", 9, "staging")], "staging", 9) is None
     assert json.loads(trail[0].model_dump_json())["action"] == "promote"
