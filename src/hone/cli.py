@@ -416,8 +416,11 @@ def evaluate(
     from hone.registry.store import candidate_folders
 
     shown = errors if as_json else console
-    folders, names = candidate_folders(candidate or [], uri)
-    run, ladder = run_evaluation(load_config(config, overrides), folders, shown, names)
+    settings = load_config(config, overrides)
+    listed = [str(path) for path in settings.evaluate.candidates]  # the config may name versions too
+    folders, names = candidate_folders([*listed, *(candidate or [])], uri)
+    settings.evaluate.candidates = []
+    run, ladder = run_evaluation(settings, folders, shown, names)
     if as_json:
         from hone.contract import to_json
 

@@ -421,7 +421,9 @@ class EvaluateConfig(Strict):
     few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="The few-shot rung.")
     rag: RagSettings = Field(default_factory=RagSettings, description="The RAG rung.")
     candidates: list[Path] = Field(
-        default_factory=list, description="Fine-tuned run folders evaluated as rungs of the ladder."
+        default_factory=list,
+        description="Fine-tuned run folders (or registered versions, NAME/VERSION or NAME@ALIAS) evaluated "
+        "as rungs of the ladder.",
     )
     api: list[ApiRung] = Field(default_factory=list, description="Hosted models (OpenAI-compatible APIs).")
     reference_loss: bool = Field(
@@ -490,6 +492,10 @@ class TrackConfig(Strict):
 
 
 REGISTRY_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # what `hone registry` accepts as a model name
+# A registered version: NAME/VERSION or NAME@ALIAS (MLflow reserves the aliases `latest` and `v<number>`).
+REGISTRY_VERSION = (
+    rf"(?P<name>{REGISTRY_NAME})(?:/(?P<version>[1-9]\d{{0,8}})|@(?P<alias>[a-z][a-z0-9_-]{{0,62}}))"
+)
 
 
 class GateSettings(Strict):

@@ -9,11 +9,12 @@ command reads them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hone.config import HoneConfig, ModelConfig
+from hone.config import REGISTRY_VERSION, HoneConfig, ModelConfig
 from hone.errors import HoneError
 from hone.models.resolve import cached_hub_model, reference_kind, weights_policy
 from hone.models.trained import check_weights
@@ -51,6 +52,11 @@ def check_config(config: HoneConfig, source: str) -> list[str]:
         include = evaluate.general.lm_eval_include
         check("evaluate.general.lm_eval_include", existing, include, "task folder", "folder")
     for index, candidate in enumerate(evaluate.candidates):
+        if not candidate.exists() and re.fullmatch(REGISTRY_VERSION, str(candidate)):
+            notes.append(
+                f"evaluate.candidates[{index}]: {candidate} is a registered version, checked when loaded"
+            )
+            continue
         check(f"evaluate.candidates[{index}]", finished_run, candidate, LANGUAGE_METHODS)
     if evaluate.judge is not None:
         check("evaluate.judge.model", judge_model, evaluate.judge.model, config.model)

@@ -429,3 +429,20 @@ def test_list_show_and_lineage_both_ways(registry: Registry, runs: Path, hone) -
     unknown = hone("registry", "lineage", "dataset:0000000000", "--json", *uri)
     assert json.loads(unknown.stdout)["trained_on_dataset"] == []
     assert hone("registry", "lineage", "dataset:xyz", *uri).returncode == 2
+
+
+def test_a_config_names_registered_versions_as_candidates(registry: Registry, runs: Path, hone) -> None:
+    import yaml
+
+    registry.add(runs / "first", "support")
+    raw = yaml.safe_load((runs / "first" / "config.yaml").read_text())
+    raw["evaluate"]["candidates"] = ["support/1"]
+    config = runs / "with-version.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    checked = hone("config", "validate", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert "support/1 is a registered version, checked when loaded" in checked.stdout
+    raw["evaluate"]["candidates"] = ["support@nope"]
+    config.write_text(yaml.safe_dump(raw))
+    failed = hone("evaluate", "-c", str(config), "--uri", registry.uri)
+    assert failed.returncode == 2 and "has no alias 'nope'" in failed.stderr

@@ -35,7 +35,7 @@ from hone.errors import HoneError
 from hone.evaluate.ladder import prepare, run_ladder
 from hone.evaluate.stats import paired_bootstrap
 from hone.registry.refs import Ref, check_alias
-from hone.registry.store import AuditRecord, Registry, Version, os_user
+from hone.registry.store import AuditRecord, Registry, Version, os_user, previous_holder
 from hone.runs import LADDER, RunFolder, failure_recorded, now, open_language_model_run
 from hone.track import log_run
 
@@ -356,8 +356,6 @@ def promote(
 
 def rollback(registry: Registry, name: str, alias: str, reason: str | None = None) -> AuditRecord:
     """Point `alias` back to the version it held before its current one, from the audit trail."""
-    from hone.registry.store import previous_holder
-
     check_alias(alias)
     registry.model_exists(name)
     current = registry.holder(name, alias)

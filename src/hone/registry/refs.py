@@ -5,16 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hone.config import REGISTRY_NAME
+from hone.config import REGISTRY_NAME, REGISTRY_VERSION
 from hone.errors import HoneError, quoted
 
 NAME = re.compile(REGISTRY_NAME)
 # MLflow reserves `latest` and `v<digits>` as alias names.
 ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 RESERVED_ALIAS = re.compile(r"latest|v\d+")
-REF = re.compile(
-    rf"(?P<name>{REGISTRY_NAME})(?:/(?P<version>[1-9]\d{{0,8}})|@(?P<alias>[a-z][a-z0-9_-]{{0,62}}))?"
-)
+REF = re.compile(f"{REGISTRY_VERSION}?")  # the `?` makes the version or alias part optional: NAME alone
 
 
 @dataclass(frozen=True)

@@ -45,18 +45,15 @@ def headline(version: Version) -> str:
     return "-"
 
 
+JSON_TAGS = ("adapter_settings", "dataset_splits", "training", "evaluations", "metrics", "files")
+
+
 def version_json(version: Version) -> dict[str, Any]:
+    """The version with its `hone.*` tags as `lineage`, JSON-valued tags and the config parsed."""
     parsed: dict[str, Any] = {}
     for key, value in version.tags.items():
         name = key.removeprefix("hone.")
-        if key in (
-            "hone.adapter_settings",
-            "hone.dataset_splits",
-            "hone.training",
-            "hone.evaluations",
-            "hone.metrics",
-            "hone.files",
-        ):
+        if name in JSON_TAGS:
             parsed[name] = json.loads(value)
         elif key == "hone.config":
             parsed[name] = yaml.safe_load(value)
