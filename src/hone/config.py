@@ -85,7 +85,7 @@ class DataConfig(Strict):
     @classmethod
     def _splits_from_dataset(cls, data: Any) -> Any:
         """`dataset: data/versions/<hash>` stands for its train/validation/test files (explicit ones win)."""
-        if isinstance(data, dict) and data.get("dataset"):
+        if isinstance(data, dict) and isinstance(data.get("dataset"), (str, Path)) and data["dataset"]:
             folder = Path(data["dataset"])
             data = {
                 **{name: str(folder / f"{name}.jsonl") for name in ("train", "validation", "test")},

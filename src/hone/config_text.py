@@ -16,6 +16,7 @@ from hone.errors import HoneError, quoted, value_problem
 # A config is a few hundred values; these bound what a hostile or broken file can make hone do.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 100_000  # counted with every alias expanded
+MAX_CONFIG_DEPTH = 100  # sections inside sections; a config needs about 5, Python's copies stop near 500
 
 
 def bounded_yaml(text: str, source: str) -> Any:
@@ -45,9 +46,14 @@ def expanded_size(root: yaml.Node, source: str) -> int:
     """How many values the document holds once every alias is expanded; a HoneError past the limit."""
     sizes: dict[int, int] = {}
     started: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    stack: list[tuple[yaml.Node, bool, int]] = [(root, False, 1)]
     while stack:
-        node, children_done = stack.pop()
+        node, children_done, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            line = node.start_mark.line + 1
+            raise HoneError(
+                f"{source} line {line}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config needs 5"
+            )
         if isinstance(node, yaml.MappingNode):
             children = [part for pair in node.value for part in pair]
         else:
@@ -65,8 +71,8 @@ def expanded_size(root: yaml.Node, source: str) -> int:
                 line = node.start_mark.line + 1
                 raise HoneError(f"{source} line {line}: an alias refers to the value that contains it")
             started.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
+            stack.append((node, True, depth))
+            stack.extend((child, False, depth + 1) for child in children if id(child) not in sizes)
     return sizes[id(root)]
 
 

@@ -6,8 +6,9 @@ never another exception. Hypothesis draws the inputs from the shapes hone reads 
 fields, chat messages and the other data formats) mixed with arbitrary values, broken YAML and bytes that
 are not UTF-8; no example database is kept.
 
-Inputs that do make hone raise another exception are pinned at the end as strict xfails, each the exact
-reproduction of one bug, and kept out of the properties' inputs so the properties check everything else.
+Inputs that once made hone raise another exception are pinned at the end as regression tests, each the
+exact reproduction of one bug found here (a non-string `data.dataset`, YAML nested hundreds deep, an
+unpaired UTF-16 surrogate escape in data).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# Text as people and tools write it: any character a UTF-8 file can hold (no lone surrogates, see the
-# xfails at the end).
+# Text as people and tools write it: any character a UTF-8 file can hold (lone surrogates: the regression
+# tests at the end).
 CHARACTERS = st.characters(exclude_categories=("Cs",))
 TEXT = st.text(CHARACTERS, max_size=24)
 SCALARS = (
@@ -373,16 +374,9 @@ def test_training_loader_returns_every_line_or_fails_naming_the_first_bad_one(
     assert [example.line for example in examples] == sorted(filled)
 
 
-# Bugs found by the properties above, reproduced exactly ------------------------------------------
+# Bugs the properties above found, reproduced exactly (fixed) -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="hone.config.DataConfig._splits_from_dataset calls Path(data['dataset']) on any truthy value: "
-    "`data: {dataset: 5}` (or a list, a mapping, true) raises TypeError 'expected str, bytes or "
-    "os.PathLike object, not int' instead of a HoneError naming data.dataset",
-)
 def test_non_string_dataset_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("data: {train: train.jsonl, dataset: 5}\n")
@@ -390,13 +384,6 @@ def test_non_string_dataset_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="hone.config_text.apply_overrides round-trips the raw config through yaml.safe_dump, which "
-    "recurses more per level than bounded_yaml's loader: YAML nested ~330-490 levels deep (at the default "
-    "recursion limit) passes the 'nested too deeply' check and then raises a bare RecursionError",
-)
 def test_config_nested_a_few_hundred_deep_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     for depth in range(200, 800, 10):  # where the two limits fall depends on the stack already in use
@@ -421,26 +408,12 @@ def surrogate_data(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="a JSONL line whose string holds a JSON-escaped lone surrogate (\\ud800) is accepted by the "
-    "loader; hone data check then hands it to the tokenizer, which raises TypeError 'TextEncodeInput must "
-    "be Union[...]' instead of an error naming the file and line",
-)
 def test_lone_surrogate_in_data_is_a_check_error(tmp_path: Path, local_tokenizer: Any) -> None:
     path = surrogate_data(tmp_path)
     report = run_data_check({"train": path}, model_path=tmp_path, max_length=64, train=SFT)
     assert f"{path} line 1" in " ".join(report.splits[0].errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="a JSONL line whose string holds a JSON-escaped lone surrogate (\\ud800) reaches "
-    "hone.data.version.dataset_hash in hone data prepare, whose .encode('utf-8') raises "
-    "UnicodeEncodeError instead of an error naming the file and line",
-)
 def test_lone_surrogate_in_data_is_a_prepare_error(tmp_path: Path) -> None:
     path = surrogate_data(tmp_path)
     with pytest.raises(HoneError, match=re.escape(f"{path} line 1")):

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import random
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -203,7 +204,31 @@ def _jsonl(path: Path) -> Iterator[RawRecord | str]:
             if not isinstance(parsed, dict):
                 yield located(path, f"expected a JSON object, got {json_type(parsed)}", number)
                 continue
+            if lone_surrogate(text, parsed) is not None:
+                yield located(path, SURROGATE_PROBLEM, number)
+                continue
             yield RawRecord(data=parsed, source=source, line=number)
+
+
+# JSON may escape half of a UTF-16 pair (`\ud800`); Python decodes it into a string no encoder, tokenizer or
+# hash can take. A high half not followed by a low one, or a low half not preceded by a high one.
+LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+SURROGATE_PROBLEM = "an unpaired UTF-16 surrogate escape (such as \\ud800) is not text; remove it"
+
+
+def lone_surrogate(text: str, parsed: Any) -> int | None:
+    """Offset in `text` of the first unpaired surrogate escape that reached the parsed value, else None."""
+    found = LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return found.start()
+    return None  # the match was an escaped backslash followed by "ud800", which is plain text
 
 
 def _json_problem(exc: RecursionError | ValueError, complete: bool) -> str:
@@ -256,6 +281,9 @@ def _json(path: Path) -> Iterator[RawRecord | str]:
         ) from None
     except (RecursionError, ValueError) as exc:
         raise HoneError(located(path, _json_problem(exc, complete=True))) from None
+    offset = lone_surrogate(text, parsed)
+    if offset is not None:
+        raise HoneError(located(path, SURROGATE_PROBLEM, text.count("\n", 0, offset) + 1))
     if isinstance(parsed, list):
         start = len(text) - len(text.lstrip())
     elif isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
