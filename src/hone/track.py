@@ -12,6 +12,7 @@ that need it because importing it takes seconds, which every other hone command 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -67,6 +68,30 @@ def sqlite_file(uri: str) -> Path | None:
     if path in ("", ":memory:"):
         return None
     return Path(path).resolve()
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    """A client of the store at `uri`, its tables created and migrated.
+
+    A new SQLite store is created under a file lock beside it: MLflow's schema migrations race when two
+    processes create one store at once (one of them fails mid-migration), and two `hone registry add`s or
+    two runs finishing together on a fresh project must both land.
+    """
+    from mlflow.tracking import MlflowClient
+
+    database = sqlite_file(uri)
+    if database is None:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f"{database.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)  # creates the tracking tables
+            client.search_registered_models(max_results=1)  # and the registry's
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -225,12 +250,10 @@ def log_run(run_path: Path, tracking_uri: str | None = None, experiment: str = "
     RUNNING, as it was when the snapshot was taken. If logging fails half way the MLflow run is marked
     FAILED, so no half-copied run looks complete.
     """
-    from mlflow.tracking import MlflowClient
-
     run = RunFolder.open(Path(run_path))
     manifest = run.manifest
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     created = client.create_run(
         experiment_id(client, experiment, uri), run_name=run.path.name, tags=run_tags(manifest)
     )

@@ -40,6 +40,7 @@ from hone.track import (
     batches,
     default_tracking_uri,
     experiment_id,
+    mlflow_client,
     run_metrics,
     run_params,
     run_tags,
@@ -130,10 +131,8 @@ class Registry:
     """The registry in one MLflow store (SQLite in `.hone/` by default)."""
 
     def __init__(self, uri: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client = mlflow_client(self.uri)
 
     # Versions -----------------------------------------------------------------------------------------
 
@@ -210,6 +209,11 @@ class Registry:
         """Every version of `name` (every model's when None), newest first."""
         query = f"name = '{check_name(name)}'" if name else None
         found = [Version.from_mlflow(v) for v in self.client.search_model_versions(query, max_results=10_000)]
+        aliases: dict[str, dict[str, str]] = {}  # a search leaves the versions' aliases out
+        for version in found:
+            if version.name not in aliases:
+                aliases[version.name] = self.client.get_registered_model(version.name).aliases
+            version.aliases = sorted(a for a, v in aliases[version.name].items() if int(v) == version.version)
         return sorted(found, key=lambda v: (v.name, -v.version))
 
     def version(self, ref: Ref) -> Version:
