@@ -26,6 +26,7 @@ always true to what is on disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -169,6 +170,31 @@ class RunFolder:
         """The training run this evaluation run was made for, if it names one."""
         evaluates = self.manifest.evaluates
         return sibling_run(self.path, evaluates, "evaluates") if evaluates else None
+
+
+def read_history(run_path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's history.jsonl (none when it has none).
+
+    Training writes the file atomically, but a copy cut short or a full disk can leave a broken line; the
+    loss curve is a record, not an input, so such a line is skipped with a warning naming it rather than
+    stopping the tracking, evaluation or registration that reads the run.
+    """
+    path = run_path / "history.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logger.warning("%s line %d: not a JSON object; skipped", path, number)
+    return rows
 
 
 def inside_run(run_path: Path, recorded: str, field: str) -> Path:

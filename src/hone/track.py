@@ -26,7 +26,7 @@ import yaml
 
 from hone import contract
 from hone.contract import CodeVersion, Manifest, TrainingMetrics
-from hone.runs import METRICS, RunFolder, inside_run
+from hone.runs import METRICS, RunFolder, inside_run, read_history
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -165,13 +165,6 @@ def run_tags(manifest: Manifest) -> dict[str, str]:
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file; blank lines (a trailing newline, a run killed mid-write) are skipped."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)
-
-
 def run_metrics(run: RunFolder) -> list[Metric]:
     """Every number of history.jsonl at its step, then the final scores of metrics.json at step 0.
 
@@ -181,13 +174,13 @@ def run_metrics(run: RunFolder) -> list[Metric]:
     from mlflow.entities import Metric
 
     points: dict[tuple[str, int], float] = {}
-    history = run.path / "history.jsonl"
-    if history.is_file():
-        for row in read_jsonl(history):
-            step = int(row.get("step") or 0)
-            for name, value in row.items():
-                if name != "step" and is_number(value):
-                    points[mlflow_key(name), step] = float(value)
+    for row in read_history(run.path):
+        step = row.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool):
+            continue
+        for name, value in row.items():
+            if name != "step" and is_number(value):
+                points[mlflow_key(name), step] = float(value)
     scores = run.path / METRICS
     if scores.is_file():
         summary = contract.to_json(contract.read(TrainingMetrics, scores))

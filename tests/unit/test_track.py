@@ -190,6 +190,20 @@ def test_a_running_run_logs_what_exists_and_stays_running(tmp_path: Path, store:
     assert logged.info.experiment_id == experiment.experiment_id
 
 
+def test_broken_history_lines_are_skipped_with_a_warning(
+    tmp_path: Path, store: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    run = make_run(tmp_path, "cut-short")
+    history = run.path / "history.jsonl"
+    rows = ['{"step": 1, "loss": 2.5}', "[1, 2]", '{"step": "x", "loss": 9.0}', '{"step": 2, "loss": 2.0}']
+    history.write_text("\n".join(rows) + '\n{"step": 3, "lo')  # a copy cut off mid-line
+    run_id = log_run(run.path, store["uri"], experiment="cut-short")
+    losses = store["client"].get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in losses) == [(1, 2.5), (2, 2.0)]
+    assert f"{history} line 2: not a JSON object; skipped" in caplog.text
+    assert f"{history} line 5: not a JSON object; skipped" in caplog.text
+
+
 def test_weights_outside_the_run_are_refused_and_the_mlflow_run_fails(
     tmp_path: Path, store: dict[str, Any]
 ) -> None:

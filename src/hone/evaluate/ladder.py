@@ -14,7 +14,6 @@ the terminal table and the HTML report show and what the registry's promotion ga
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from hone.runs import (
     failure_recorded,
     now,
     open_language_model_run,
+    read_history,
 )
 
 SHOWN_FLIPS = 20
@@ -318,17 +318,20 @@ def measure_general(config: HoneConfig, label: str, model: Any, tokenizer: Any, 
     return General(probes, scores)
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
 def training_record(candidate: FinishedRun) -> dict[str, Any]:
     """What the report shows of a candidate's training: the loss curve and the time it took."""
     summary = candidate.manifest.training
     if summary is None and (candidate.path / METRICS).is_file():
         summary = contract.read(TrainingMetrics, candidate.path / METRICS).training
-    history_file = candidate.path / "history.jsonl"
-    history = []
-    if history_file.is_file():
-        for line in history_file.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            history.append({k: row[k] for k in ("step", "loss", "eval_loss") if k in row})
+    history = [
+        {key: row[key] for key in ("step", "loss", "eval_loss") if is_number(row.get(key))}
+        for row in read_history(candidate.path)
+        if isinstance(row.get("step"), int)
+    ]
     return {
         "run": str(candidate.path),
         "method": candidate.method,
