@@ -69,6 +69,13 @@ class ChatServer:
         return ApiRung(name="hosted", base_url=self.url, model="tiny", **options)
 
 
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries without the real waits between them (the server's Retry-After is still read)."""
+    monkeypatch.setattr(api, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(api, "MAX_WAIT_SECONDS", 0.2)
+
+
 @pytest.fixture
 def server() -> Iterator[ChatServer]:
     state = ChatServer(url="")
@@ -198,11 +205,10 @@ def test_the_cost_per_request_comes_from_the_billed_tokens(server: ChatServer) -
     assert record["basis"] == "API at $0.15/$0.6 per million prompt/completion tokens"
 
 
-@pytest.mark.parametrize(
-    ("status", "detail"),
-    [(500, "upstream model crashed"), (429, "Rate limit reached for requests"), (401, "Invalid API key")],
-)
-def test_an_error_status_is_reported_once_with_its_body(server: ChatServer, status: int, detail: str) -> None:
+@pytest.mark.parametrize(("status", "detail"), [(401, "Invalid API key"), (400, "max_tokens is too large")])
+def test_an_error_about_the_request_is_reported_once_with_its_body(
+    server: ChatServer, status: int, detail: str
+) -> None:
     server.replies.append(Reply(status, json.dumps({"error": {"message": detail}}).encode()))
 
     with pytest.raises(HoneError) as raised:
@@ -214,8 +220,45 @@ def test_an_error_status_is_reported_once_with_its_body(server: ChatServer, stat
     assert len(server.requests) == 1, "no retry, and the rung stops at the first failure"
 
 
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_rate_limits_and_overloaded_servers_are_retried(server: ChatServer, status: int) -> None:
+    server.replies += [Reply(status, b'{"error": {"message": "slow down"}}'), completion("after all")]
+
+    answers = answer_with_api(server.rung(), [CHAT], 8, Console(quiet=True))
+
+    assert answers.outputs == ["after all"] and len(server.requests) == 2
+
+
+def test_a_server_that_keeps_failing_is_an_error_after_the_last_attempt(server: ChatServer) -> None:
+    server.replies += [Reply(503, b"overloaded") for _ in range(api.ATTEMPTS)] + [completion("too late")]
+
+    with pytest.raises(HoneError, match=rf"answered 503: overloaded \(after {api.ATTEMPTS} attempts\)"):
+        chat_completion(server.rung(), CHAT, 8)
+    assert len(server.requests) == api.ATTEMPTS
+
+
+def test_retry_after_is_the_wait_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api.retry_after("3") == 3.0 and api.retry_after("-1") == 0.0
+    assert api.retry_after(None) is None and api.retry_after("Wed, 21 Oct 2026 07:28:00 GMT") is None
+    waits: list[float] = []
+    monkeypatch.setattr(api.time, "sleep", waits.append)
+    monkeypatch.setattr(api, "BACKOFF_SECONDS", 1.0)
+    monkeypatch.setattr(api, "MAX_WAIT_SECONDS", 60.0)
+    replies = iter([api.Retryable("a", 90.0), api.Retryable("b"), api.Retryable("c", 2.0), {"ok": True}])
+
+    def scripted(*args: object) -> dict[str, object]:
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    monkeypatch.setattr(api, "request_completion", scripted)
+    assert chat_completion(ApiRung(name="h", base_url="http://x", model="m"), CHAT, 8) == {"ok": True}
+    assert waits == [60.0, 2.0, 2.0], "Retry-After capped, else the doubling backoff"
+
+
 def test_a_long_error_body_is_cut_to_300_characters(server: ChatServer) -> None:
-    server.replies.append(Reply(502, b"x" * 299 + b"yz" + b"!" * 1000))
+    server.replies.append(Reply(400, b"x" * 299 + b"yz" + b"!" * 1000))
 
     with pytest.raises(HoneError) as raised:
         chat_completion(server.rung(), CHAT, 8)
@@ -265,6 +308,6 @@ def test_nothing_listening() -> None:
         port = probe.getsockname()[1]
     rung = ApiRung(name="hosted", base_url=f"http://127.0.0.1:{port}/v1", model="tiny")
     with pytest.raises(
-        HoneError, match=rf"evaluate.api hosted: cannot reach http://127\.0\.0\.1:{port}/v1/chat"
+        HoneError, match=rf"evaluate.api hosted: cannot reach http://127\.0\.0\.1:{port}/v1/chat.*attempts"
     ):
-        chat_completion(rung, CHAT, 8)
+        chat_completion(rung, CHAT, 8)  # refused: retried, as a server restarting would be
