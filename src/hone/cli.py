@@ -370,6 +370,29 @@ def registry_history(
         print_history(name, records, console)
 
 
+@app.command("serve")
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Serve config (configs/serve.yaml).")],
+    overrides: Overrides = None,
+) -> None:
+    """An OpenAI-compatible server: the base model and the registry's adapters, routes and aliases."""
+    from hone.config import load_serve_config
+    from hone.serve import run_server
+
+    run_server(load_serve_config(config, overrides), console)
+
+
+@app.command("serve-key")
+def serve_key() -> None:
+    """A new random API key, and the sha256 that goes into serve.api_key_sha256 (the key is not stored)."""
+    import secrets
+
+    from hone.serve.app import key_digest
+
+    key = f"hone-{secrets.token_urlsafe(32)}"
+    console.print(f"key (give it to the client):          {key}", markup=False, highlight=False)
+    console.print(f"serve.api_key_sha256 (put in config): {key_digest(key)}", markup=False, highlight=False)
+
 @app.command("train")
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,

@@ -8,7 +8,7 @@ the program as is; stages read it, they never turn it back into a loose dict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -531,6 +531,60 @@ class ServeConfig(Strict):
     max_lora_rank: int = Field(
         64, ge=1, le=65_536, description="Largest LoRA rank the server loads (the promotion gate checks it)."
     )
+    host: str = Field(
+        "127.0.0.1", description="Address to listen on; 0.0.0.0 exposes the server to the network."
+    )
+    port: int = Field(8000, ge=0, le=65_535, description="Port to listen on (0: any free port).")
+    routes: dict[str, dict[str, Annotated[int, Field(ge=0, le=1_000_000)]]] = Field(
+        default_factory=dict,
+        description="Route name -> {model reference: weight}: traffic split by weight, sticky per `user` "
+        "(a canary: {support@production: 90, support@staging: 10}).",
+    )
+    max_adapters: int = Field(
+        8, ge=1, le=4096, description="LoRA adapters kept loaded; the least recently used goes."
+    )
+    max_batch: int = Field(
+        16, ge=1, le=MAX_BATCH, description="Most requests generated together in one batch."
+    )
+    max_queue: int = Field(
+        64, ge=1, le=1_000_000, description="Requests waiting beyond this are answered 429 with Retry-After."
+    )
+    max_tokens: int = Field(512, ge=1, le=MAX_TOKENS, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(
+        256, ge=1, le=MAX_TOKENS, description="max_tokens when a request names none."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30, description="Largest request body accepted.")
+    refresh_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often registry aliases are re-read: a promote or rollback takes "
+        "effect within this many seconds.",
+    )
+    api_key_sha256: list[Annotated[str, Field(pattern="^[0-9a-f]{64}$")]] = Field(
+        default_factory=list,
+        description="sha256 hex digests of the accepted API keys (`hone serve-key` makes one); empty: no key "
+        "needed, which is allowed only when listening on 127.0.0.1.",
+    )
+    request_log: str | None = Field(
+        None, description="SQLAlchemy URL of the request log; None: SQLite in .hone/requests.db."
+    )
+    redact_pii: bool = Field(
+        True, description="Redact e-mails, phones, cards, keys and IBANs before logging."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Weights and compute of the served models, as evaluate.precision."
+    )
+
+
+class ServeFile(Strict):
+    """`hone serve -c FILE`: the base model, the server and the registry's store."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The server.")
+    track: TrackConfig = Field(
+        default_factory=TrackConfig, description="The MLflow store the registry is in."
+    )
 
 
 class HoneConfig(Strict):
@@ -575,10 +629,22 @@ def format_validation_error(error: ValidationError, source: str) -> str:
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> HoneConfig:
     """Read YAML, apply dotted overrides, validate; every error is a HoneError naming file and field."""
+    return load_file(HoneConfig, path, overrides)
+
+
+def load_serve_config(path: Path | str, overrides: list[str] | None = None) -> ServeFile:
+    """`hone serve`'s config: the base model, the server and the registry's store."""
+    return load_file(ServeFile, path, overrides)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def load_file(schema: type[ConfigT], path: Path | str, overrides: list[str] | None) -> ConfigT:
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
     try:
-        return HoneConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         raise HoneError(format_validation_error(exc, str(path))) from None
 

@@ -328,12 +328,18 @@ def promote(
         return Outcome(candidate, alias, holder, [], moved=False, record=None)
     holder_folder = registry.folder(holder) if holder else None
     config = gate_config(folder, config_path, overrides)
-    with tempfile.TemporaryDirectory(prefix="hone-gate-") as scratch:
-        found = registered_ladder(registry, candidate, folder, holder, Path(scratch))
-        if found is None:
-            pair = (holder, holder_folder) if holder is not None and holder_folder is not None else None
-            found = run_gate_ladder(registry, config, (candidate, folder), pair, console)
-        rules = gate_rules(config, found)
+    source: str | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="hone-gate-") as scratch:
+            found = registered_ladder(registry, candidate, folder, holder, Path(scratch))
+            if found is None:
+                pair = (holder, holder_folder) if holder is not None and holder_folder is not None else None
+                found = run_gate_ladder(registry, config, (candidate, folder), pair, console)
+            rules, source = gate_rules(config, found), found.source
+    except HoneError as exc:
+        if not force:
+            raise
+        rules = [Rule("gate", False, f"not evaluated: {exc}")]  # forced past a gate that could not run
     passed = all(rule.passed for rule in rules)
     action = "promote" if passed else ("force" if force else "refuse")
     record = AuditRecord(
@@ -345,13 +351,13 @@ def promote(
         to_version=candidate.version,
         reason=reason,
         gate=[rule.as_record() for rule in rules],
-        ladder=found.source,
+        ladder=source,
     )
     moved = action != "refuse"
     if moved:
         registry.point(candidate.name, alias, candidate.version)
     registry.record(candidate.name, record)
-    return Outcome(candidate, alias, holder, rules, moved, record, found.source)
+    return Outcome(candidate, alias, holder, rules, moved, record, source)
 
 
 def rollback(registry: Registry, name: str, alias: str, reason: str | None = None) -> AuditRecord:

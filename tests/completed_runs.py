@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 
-def lora_run(root: Path, base: Path) -> Path:
-    """A completed LoRA run folder as training leaves it, its adapter moved away from zero."""
+def lora_run(root: Path, base: Path, name: str = "tuned", seed: int = 0) -> Path:
+    """A completed LoRA run folder as training leaves it, its adapter moved away from zero (by `seed`)."""
     from peft import get_peft_model
 
     from hone.config import HoneConfig
@@ -21,11 +21,11 @@ def lora_run(root: Path, base: Path) -> Path:
             "model": {"reference": str(base)},
             "data": {"train": "train.jsonl"},
             "train": {"adapter": {"kind": "lora", "r": 4, "alpha": 8}},
-            "run": {"name": "tuned", "dir": str(root)},
+            "run": {"name": name, "dir": str(root)},
         }
     )
     run = RunFolder.create(config)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = get_peft_model(load_model(base), lora_config(config.train.adapter, "CAUSAL_LM"))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
