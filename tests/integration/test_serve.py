@@ -183,10 +183,22 @@ def test_promote_and_rollback_take_effect_without_a_restart(store: dict[str, Any
         promote(registry, Ref("support", 2), "production", Console(quiet=True), force=True, reason="test")
         time.sleep(0.3)
         assert chat(url, "support@production")[2]["x-hone-model-version"] == "support/2"
-        rollback(registry, "support", "production")
-        time.sleep(0.3)
-        answered = [chat(url, "support@production")[2]["x-hone-model-version"] for _ in range(3)]
+        body = {"model": "support@production", "messages": PROMPT, "max_tokens": 120, "temperature": 1.0,
+                "stream": True, "seed": 1}  # fmt: skip
+        request = urllib.request.Request(
+            url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as streaming:  # in flight on support/2 ...
+            first = streaming.readline()
+            rollback(registry, "support", "production")  # ... while production goes back to support/1
+            time.sleep(0.3)
+            answered = [chat(url, "support@production")[2]["x-hone-model-version"] for _ in range(3)]
+            rest = streaming.read().decode()
     assert answered == ["support/1"] * 3
+    chunks = [json.loads(line.removeprefix("data: ")) for line in (first.decode() + rest).split("\n\n")
+              if line.startswith("data: {")]  # fmt: skip
+    assert chunks and {chunk["model"] for chunk in chunks} == {"support/2"}, "it finished on its version"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_bad_requests_get_openai_errors_and_never_a_5xx(store: dict[str, Any], tmp_path: Path) -> None:
