@@ -292,3 +292,30 @@ def test_routes_split_by_weight_sticky_per_user(store: dict[str, Any], tmp_path:
     assert fallback[0] == 200 and fallback[2]["x-hone-model-version"] == "support/1", (
         "no staging yet: the rest"
     )
+
+
+def test_response_format_json_schema_is_enforced_while_decoding(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"category": {"enum": ["billing", "bug", "account"]}, "urgent": {"type": "boolean"}},
+        "required": ["category", "urgent"],
+        "additionalProperties": False,
+    }
+    form = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": schema}}
+    with serving(settings(store, tmp_path)) as (url, _):
+        plain = chat(url, "support/1", max_tokens=24)[1]["choices"][0]["message"]["content"]
+        replies = [chat(url, name, max_tokens=64, response_format=form)[1] for name in ("base", "support/1")]
+        sampled = chat(url, "base", max_tokens=64, temperature=1.0, seed=3, response_format=form)[1]
+        anything = chat(url, "base", max_tokens=16, response_format={"type": "json_object"})[1]
+        wrong = chat(url, "base", response_format={"type": "xml"})
+    for reply in [*replies, sampled]:
+        content = reply["choices"][0]["message"]["content"]
+        jsonschema.validate(json.loads(content), schema)  # every reply parses and follows the schema
+        assert reply["choices"][0]["finish_reason"] == "stop"
+    assert not plain.lstrip().startswith("{"), "without it the random tiny model writes no JSON"
+    assert anything["choices"][0]["message"]["content"].lstrip().startswith("{")
+    assert wrong[0] == 400 and "response_format.type" in wrong[1]["error"]["message"]

@@ -31,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hone.config import ServeFile
 from hone.errors import HoneError
-from hone.serve.engine import Job, QueueFull, TransformersEngine
+from hone.serve.engine import Grammars, Job, QueueFull, TransformersEngine
 from hone.serve.log import RequestLog
 from hone.serve.models import Resolver, Target, UnknownModel
 
@@ -81,6 +81,44 @@ class Server:
     log: RequestLog
     metrics: Metrics
     ready: bool = False
+    _grammars: Grammars | None = None
+
+    def grammar(self, schema: str | None) -> Any:
+        """The compiled grammar of a response_format (made on first use: xgrammar reads the vocabulary)."""
+        if self._grammars is None:
+            vocab = self.engine.base.get_output_embeddings().weight.shape[0]
+            self._grammars = Grammars(self.engine.tokenizer, vocab)
+        return self._grammars.get(schema)
+
+
+async def response_grammar(server: Server, body: dict[str, Any]) -> Any:
+    """response_format: `json_object` (any JSON object) or `json_schema` (that schema), enforced while
+    decoding, so every reply parses and follows it; `text` or none: no grammar."""
+    form = body.get("response_format")
+    if form is None:
+        return None
+    kind = form.get("type") if isinstance(form, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return await asyncio.to_thread(server.grammar, None)
+    if kind != "json_schema":
+        raise ApiError(
+            400, "response_format.type must be text, json_object or json_schema", param="response_format"
+        )
+    schema = (
+        (form.get("json_schema") or {}).get("schema") if isinstance(form.get("json_schema"), dict) else None
+    )
+    if not isinstance(schema, dict):
+        raise ApiError(
+            400, "response_format.json_schema.schema must be a JSON Schema object", param="response_format"
+        )
+    try:
+        return await asyncio.to_thread(server.grammar, json.dumps(schema, sort_keys=True))
+    except Exception as exc:  # xgrammar's errors for a schema it cannot compile
+        raise ApiError(
+            400, f"response_format.json_schema.schema: cannot be enforced: {exc}", param="response_format"
+        ) from None
 
 
 def key_digest(key: str) -> str:
@@ -256,6 +294,7 @@ async def complete(server: Server, body: dict[str, Any], kind: str, text: str, l
         raise ApiError(404, str(exc), "not_found_error", "model") from None
     except HoneError as exc:
         raise ApiError(400, str(exc), param="model") from None
+    grammar = await response_grammar(server, body)
     prompt_ids = server.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -271,6 +310,7 @@ async def complete(server: Server, body: dict[str, Any], kind: str, text: str, l
         on_text=(lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)) if stream else None,
         on_done=lambda: loop.call_soon_threadsafe(finish, done, pieces),
         seed=settings["seed"],
+        grammar=grammar,
     )
     began = time.perf_counter()
     try:

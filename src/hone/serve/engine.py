@@ -50,6 +50,7 @@ class Job:
     on_text: Callable[[str], None] | None = None  # each new piece of text, from the engine thread
     on_done: Callable[[], None] | None = None  # called once, from the engine thread, when it has ended
     seed: int | None = None
+    grammar: Any = None  # a compiled xgrammar grammar the reply must follow (response_format), or None
     # filled in by the engine
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -182,6 +183,7 @@ class TransformersEngine:
             job.started = time.perf_counter()
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         generators = [seeded(job.seed) for job in batch]
+        matchers = [grammar_matcher(job.grammar) for job in batch]
         eos = self.stop_tokens()
         with torch.inference_mode():
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -190,10 +192,17 @@ class TransformersEngine:
             )
             for _ in range(max(job.max_tokens for job in batch)):
                 logits = output.logits[:, -1, :].float()
-                chosen = [choose(logits[row], job, generators[row]) for row, job in enumerate(batch)]
-                for job, token in zip(batch, chosen, strict=True):
+                chosen = [
+                    choose(constrained(logits[row], matchers[row]), job, generators[row])
+                    for row, job in enumerate(batch)
+                ]
+                for job, token, matcher in zip(batch, chosen, matchers, strict=True):
                     if job.finish_reason is None:
                         self.step(job, token, eos)
+                        if matcher is not None and job.finish_reason is None:
+                            matcher.accept_token(token)
+                            if matcher.is_terminated():  # the grammar is complete: nothing may follow
+                                self.end(job, "stop")
                 if all(job.finish_reason is not None for job in batch):
                     break
                 mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=self.device)], 1)
@@ -264,3 +273,52 @@ def choose(logits: torch.Tensor, job: Job, generator: torch.Generator | None) ->
         ordered[outside] = 0.0
         probabilities = torch.zeros_like(probabilities).scatter(0, indices, ordered)
     return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+def grammar_matcher(grammar: Any) -> Any:
+    if grammar is None:
+        return None
+    import xgrammar
+
+    return xgrammar.GrammarMatcher(grammar)
+
+
+def constrained(logits: torch.Tensor, matcher: Any) -> torch.Tensor:
+    """The row's logits with every token its grammar does not allow next masked out (xgrammar's bitmask)."""
+    if matcher is None or matcher.is_terminated():
+        return logits
+    import xgrammar
+
+    bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
+    matcher.fill_next_token_bitmask(bitmask)
+    row = logits.cpu().unsqueeze(0)
+    xgrammar.apply_token_bitmask_inplace(row, bitmask)
+    return row[0]
+
+
+class Grammars:
+    """Compiled grammars for response_format, by schema text: compiling one takes about a second."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, keep: int = 64) -> None:
+        import xgrammar
+
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self.compiler = xgrammar.GrammarCompiler(info)
+        self.cache: OrderedDict[str, Any] = OrderedDict()
+        self.keep = keep
+        self.lock = threading.Lock()
+
+    def get(self, schema: str | None) -> Any:
+        """The grammar of a JSON Schema (its JSON text), or of any JSON object when None."""
+        key = schema or ""
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        # compact JSON: with whitespace allowed anywhere a model can pad a reply until max_tokens runs out
+        grammar = self.compiler.compile_json_schema(schema or '{"type": "object"}', any_whitespace=False)
+        with self.lock:
+            self.cache[key] = grammar
+            while len(self.cache) > self.keep:
+                self.cache.popitem(last=False)
+        return grammar
