@@ -319,3 +319,54 @@ def test_response_format_json_schema_is_enforced_while_decoding(
     assert not plain.lstrip().startswith("{"), "without it the random tiny model writes no JSON"
     assert anything["choices"][0]["message"]["content"].lstrip().startswith("{")
     assert wrong[0] == 400 and "response_format.type" in wrong[1]["error"]["message"]
+
+
+def test_hone_serve_finishes_requests_in_flight_on_sigterm(store: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    port = free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(settings(store, tmp_path, port=port)))
+    command = [sys.executable, "-c", "from hone.cli import main; main()", "serve", "-c", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if call(url, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        body = {"model": "support/1", "messages": PROMPT, "max_tokens": 200, "temperature": 1.0, "seed": 2,
+                "stream": True}  # fmt: skip
+        request = urllib.request.Request(
+            url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as streaming:
+            first = streaming.readline()
+            os.kill(process.pid, signal.SIGTERM)  # mid-stream
+            rest = streaming.read().decode()
+        _, error = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert first.startswith(b"data: ") and rest.rstrip().endswith("data: [DONE]"), "the stream ran to its end"
+    # uvicorn re-raises the signal once it has shut down, so the process ends as SIGTERM's would
+    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in error, error
+    with pytest.raises(OSError):
+        call(url, "/healthz")  # and it stopped listening
+
+
+def test_hone_serve_refuses_to_listen_beyond_loopback_without_keys(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    from hone.errors import HoneError
+
+    with pytest.raises(HoneError, match=r"serve\.host: 0\.0\.0\.0 is reachable from other machines"):
+        build_server(ServeFile.model_validate(settings(store, tmp_path, host="0.0.0.0")))
