@@ -77,6 +77,10 @@ def register(run: RunFolder, config: HoneConfig, console: Console) -> None:
     print_gate(outcome, console)
     if outcome.moved:
         console.print(f"[bold green]Promoted[/] {version.ref} -> {name}@{alias}")
+        console.print(
+            f"Serve it: [bold]hone serve -c configs/serve.yaml[/], then ask for model {name}@{alias} "
+            "(README: a curl and an openai client call)"
+        )
     else:
         held = outcome.holder.version if outcome.holder else "none"
         console.print(f"[bold yellow]The gate refused[/] {version.ref}: {name}@{alias} stays at {held}")

@@ -370,3 +370,55 @@ def test_hone_serve_refuses_to_listen_beyond_loopback_without_keys(
 
     with pytest.raises(HoneError, match=r"serve\.host: 0\.0\.0\.0 is reachable from other machines"):
         build_server(ServeFile.model_validate(settings(store, tmp_path, host="0.0.0.0")))
+
+
+def test_a_canary_splits_by_weight_within_tolerance(store: dict[str, Any], tmp_path: Path) -> None:
+    from hone.serve.models import Resolver
+
+    routes = {"support": {"support/1": 80, "support/2": 20}}
+    resolver = Resolver(ServeFile.model_validate(settings(store, tmp_path, routes=routes)), store["registry"])
+    picked = [resolver.resolve("support", f"user-{n}").label for n in range(400)]
+    share = picked.count("support/2") / len(picked)
+    assert 0.14 <= share <= 0.26, share  # 20% +- 3 standard deviations of 400 draws
+    again = [resolver.resolve("support", f"user-{n}").label for n in range(400)]
+    assert again == picked, "the same users get the same versions"
+
+
+def answered_by(results: list[tuple[int, str]], version: str, after: int = 0, timeout: float = 120) -> None:
+    """Wait until a request after the first `after` has been answered by `version`."""
+    deadline = time.monotonic() + timeout
+    while not any(answer == version for _, answer in results[after:]):
+        assert time.monotonic() < deadline, f"no answer from {version} within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_promote_and_rollback_under_concurrent_load_fail_no_request(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    registry: Registry = store["registry"]
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, body, headers = chat(url, "support@production", max_tokens=4)
+            results.append((status, headers.get("x-hone-model-version", str(body))))
+
+    with serving(settings(store, tmp_path, refresh_seconds=0.1)) as (url, _):
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        answered_by(results, "support/1")
+        console = Console(quiet=True)
+        promote(registry, Ref("support", 2), "production", console, force=True, reason="load test")
+        answered_by(results, "support/2")
+        rollback(registry, "support", "production", reason="load test")
+        answered_by(results, "support/1", after=len(results))
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert results and all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:3]
+    versions = [version for _, version in results]
+    assert versions[0] == "support/1" and versions[-1] == "support/1" and "support/2" in versions
