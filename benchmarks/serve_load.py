@@ -7,8 +7,8 @@ Load on an OpenAI-compatible server over loopback, side by side in one run:
 Each server runs as its own process on a free 127.0.0.1 port. For each number of concurrent clients,
 every client sends `--requests` chat completions one after another (clients x requests in all, at least
 8): the example task's test prompts, greedy, the same `max_tokens`. Reported per server and client count:
-completed requests/s, output tokens/s (from each reply's usage), p50 and p99 latency, errors; and hone's
-output tokens/s over transformers serve's.
+completed requests/s, output tokens/s (from each reply's usage), p50 and p99 latency, errors, the server
+process's resident memory before and after; and hone's output tokens/s over transformers serve's.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def command(server: str, model: str, port: int, dtype: str, folder: Path) -> tup
 
 
 @contextmanager
-def running(server: str, model: str, dtype: str) -> Iterator[tuple[str, str]]:
-    """The server started and ready: (its base URL, the model name to request)."""
+def running(server: str, model: str, dtype: str) -> Iterator[tuple[str, str, int]]:
+    """The server started and ready: (its base URL, the model name to request, its process id)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix=f"serve-load-{server}-") as folder:
         line, health, name = command(server, model, port, dtype, Path(folder))
@@ -106,7 +106,7 @@ def running(server: str, model: str, dtype: str) -> Iterator[tuple[str, str]]:
                             break
                 except OSError:
                     time.sleep(0.5)
-            yield url, name
+            yield url, name, process.pid
         finally:
             process.terminate()
             try:
@@ -114,6 +114,17 @@ def running(server: str, model: str, dtype: str) -> Iterator[tuple[str, str]]:
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+def resident_mib(pid: int) -> float | None:
+    """The server process's resident memory in MiB (Linux), to see that it stays flat under load."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def load(
@@ -167,13 +178,14 @@ def run(
     chats = prompts()
     results: dict[str, list[dict[str, Any]]] = {}
     for server in servers:
-        with running(server, model, dtype) as (url, name):
-            post(
-                url + "/v1/chat/completions", {"model": name, "messages": chats[0], "max_tokens": 4}
-            )  # warm-up
-            results[server] = [
-                load(url, name, count, max(requests, -(-8 // count)), max_tokens, chats) for count in clients
-            ]
+        with running(server, model, dtype) as (url, name, pid):
+            warm_up = {"model": name, "messages": chats[0], "max_tokens": 4}
+            post(url + "/v1/chat/completions", warm_up)
+            results[server] = []
+            for count in clients:
+                before = resident_mib(pid)
+                row = load(url, name, count, max(requests, -(-8 // count)), max_tokens, chats)
+                results[server].append({**row, "rss_mib_before": before, "rss_mib_after": resident_mib(pid)})
     ratios = {}
     if "hone" in results and "transformers" in results:
         for mine, theirs in zip(results["hone"], results["transformers"], strict=True):
@@ -197,14 +209,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
     report = run(args.servers, args.model, args.clients, args.requests, args.max_tokens, args.dtype)
-    print("| server | clients | requests | req/s | output tok/s | p50 s | p99 s | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    columns = "server | clients | requests | req/s | output tok/s | p50 s | p99 s | errors | RSS MiB"
+    print(f"| {columns} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for server, rows in report["results"].items():
         for row in rows:
             print(
                 f"| {server} | {row['clients']} | {row['requests']} | {row['requests_per_second']:.2f} | "
                 f"{row['output_tokens_per_second']:.1f} | {row['p50_seconds'] or 0:.2f} | "
-                f"{row['p99_seconds'] or 0:.2f} | {row['errors']} |"
+                f"{row['p99_seconds'] or 0:.2f} | {row['errors']} | "
+                f"{row['rss_mib_before'] or 0:.0f} -> {row['rss_mib_after'] or 0:.0f} |"
             )
     for clients, ratio in report["ratios"].items():
         print(f"hone / transformers serve, output tokens/s at {clients} clients: {ratio:.2f}x")

@@ -23,6 +23,7 @@ def test_both_servers_answer_every_client_and_the_ratio_is_of_their_tokens(
         for row in rows:
             assert row["errors"] == 0 and row["completed"] == row["requests"] >= 8
             assert row["output_tokens_per_second"] > 0 and row["p50_seconds"] <= row["p99_seconds"]
+            assert row["rss_mib_after"] > 0, "the server's own memory, read from /proc"
     for clients, ratio in report["ratios"].items():
         mine = next(r for r in report["results"]["hone"] if r["clients"] == clients)
         theirs = next(r for r in report["results"]["transformers"] if r["clients"] == clients)
