@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 
-def lora_run(root: Path, base: Path, name: str = "tuned", seed: int = 0) -> Path:
+def lora_run(
+    root: Path, base: Path, name: str = "tuned", seed: int = 0, system_prompt: str | None = None
+) -> Path:
     """A completed LoRA run folder as training leaves it, its adapter moved away from zero (by `seed`)."""
     from peft import get_peft_model
 
@@ -19,7 +21,7 @@ def lora_run(root: Path, base: Path, name: str = "tuned", seed: int = 0) -> Path
     config = HoneConfig.model_validate(
         {
             "model": {"reference": str(base)},
-            "data": {"train": "train.jsonl"},
+            "data": {"train": "train.jsonl", "system_prompt": system_prompt},
             "train": {"adapter": {"kind": "lora", "r": 4, "alpha": 8}},
             "run": {"name": name, "dir": str(root)},
         }

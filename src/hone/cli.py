@@ -393,6 +393,7 @@ def serve_key() -> None:
     console.print(f"key (give it to the client):          {key}", markup=False, highlight=False)
     console.print(f"serve.api_key_sha256 (put in config): {key_digest(key)}", markup=False, highlight=False)
 
+
 @app.command("train")
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,

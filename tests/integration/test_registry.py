@@ -127,6 +127,7 @@ def test_add_keeps_a_hashed_copy_with_its_lineage_that_outlives_the_run(
     assert json.loads(tags["hone.training"])["steps"] == 2
     assert tags["hone.code_version"].startswith(manifest.code_version.hone)
     assert tags["hone.registered_by"] == getpass.getuser()
+    assert tags["hone.system_prompt"].startswith("You triage support tickets"), "from the training data"
     (evaluation,) = json.loads(tags["hone.evaluations"])
     assert evaluation["evaluation"] == "first-ladder" and evaluation["primary_metric"] == "exact_match"
     assert evaluation["test_examples"] == 6 and "value" in evaluation

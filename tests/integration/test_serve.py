@@ -93,7 +93,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dic
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     registry = Registry(uri)
     for seed, name in ((1, "first"), (2, "second")):
-        registry.add(lora_run(folder / "runs", tiny_model_dir, name, seed), "support")
+        system = "Reply in JSON." if name == "first" else None
+        registry.add(lora_run(folder / "runs", tiny_model_dir, name, seed, system), "support")
     from rich.console import Console
 
     promote(registry, Ref("support", 1), "production", Console(quiet=True), force=True, reason="test setup")
@@ -134,6 +135,14 @@ def test_chat_completion_over_base_and_adapters_logged_with_pii_redacted(
     assert [row["version"] for row in rows] == [store["base"], "support/2", "support/1"]
     assert rows[0]["user"] == "u1" and rows[2]["requested"] == "support@production"
     assert "jane.doe@example.com" not in rows[0]["request"] and "[EMAIL]" in rows[0]["request"]
+    sent = [json.loads(row["request"]) for row in rows]
+    assert sent[0] == [
+        {"role": "user", "content": PROMPT[0]["content"].replace("jane.doe@example.com", "[EMAIL]")}
+    ]
+    assert sent[2][0] == {"role": "system", "content": "Reply in JSON."}, (
+        "the prompt support/1 was trained under"
+    )
+    assert sent[1][0]["role"] == "user", "support/2 was trained without one"
     assert all(row["status"] == 200 and row["completion_tokens"] >= 0 for row in rows)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from hone import contract
 from hone.contract import Manifest
 from hone.errors import HoneError
+from hone.export.ollama import run_system_prompt
 from hone.io import file_digest
 from hone.runs import LADDER, MANIFEST, METRICS, FinishedRun, RunFolder
 from hone.track import code_version_text
@@ -169,7 +170,7 @@ def lineage_tags(
         "hone.adapter_settings": json.dumps(adapter, sort_keys=True),
         "hone.lora_rank": adapter.get("r"),
         "hone.chat_template_sha256": chat_template_hash(run),
-        "hone.system_prompt": config.data.system_prompt or "",
+        "hone.system_prompt": run_system_prompt(run).text or "",  # the one it was trained under
         "hone.dataset_hash": manifest.dataset.hash if manifest.dataset else None,
         "hone.dataset_splits": json.dumps(contract.to_json(manifest)["dataset"]["splits"])
         if manifest.dataset

@@ -261,11 +261,7 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body = await read_json(server, request)
-        messages = chat_messages(body)
-        text = server.engine.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return await complete(server, body, "chat", text, messages)
+        return await complete(server, body, "chat", chat_messages(body))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -275,13 +271,14 @@ def create_app(server: Server) -> FastAPI:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "prompt must be a string", param="prompt")
-        return await complete(server, body, "text", prompt, prompt)
+        return await complete(server, body, "text", prompt)
 
     return app
 
 
-async def complete(server: Server, body: dict[str, Any], kind: str, text: str, logged: Any) -> Response:
-    """Resolve the model, queue the job, answer (streamed or whole), count and log it."""
+async def complete(server: Server, body: dict[str, Any], kind: str, prompt: Any) -> Response:
+    """Resolve the model, queue the job, answer (streamed or whole), count and log it; `prompt` is the chat
+    messages or the completion's text."""
     settings = limits(server, body)
     name, user = body.get("model"), body.get("user")
     if not isinstance(name, str) or not name:
@@ -295,6 +292,11 @@ async def complete(server: Server, body: dict[str, Any], kind: str, text: str, l
     except HoneError as exc:
         raise ApiError(400, str(exc), param="model") from None
     grammar = await response_grammar(server, body)
+    text = prompt
+    if kind == "chat":
+        if target.system is not None and prompt[0]["role"] != "system":
+            prompt = [{"role": "system", "content": target.system}, *prompt]
+        text = server.engine.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     prompt_ids = server.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -321,7 +323,7 @@ async def complete(server: Server, body: dict[str, Any], kind: str, text: str, l
             429, "the server is busy: too many requests are waiting; retry shortly", "rate_limit_error"
         ) from None
     response_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    record = Record(server, response_id, kind, name, target, user, logged, began, len(prompt_ids))
+    record = Record(server, response_id, kind, name, target, user, prompt, began, len(prompt_ids))
     headers = {"x-hone-model-version": target.label, "x-request-id": response_id}
     if stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

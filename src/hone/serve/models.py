@@ -1,5 +1,8 @@
 """What a request's `model` names, resolved to the weights that answer it.
 
+A request to a fine-tuned model that carries no system message gets the system prompt the model was
+trained under (as the Ollama Modelfile's SYSTEM line does), so a client need not know it.
+
 A request may name the base model (its reference, or `base`), a run folder, a registered version
 (`support/3`), a registry alias (`support@production`) or a route (a weighted split between references,
 sticky per `user`). An alias is re-read from the registry every `serve.refresh_seconds`, so a promote or a
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from hone.config import ServeFile
 from hone.errors import HoneError
+from hone.export.ollama import run_system_prompt
 from hone.registry.refs import is_ref, parse_ref
 from hone.registry.store import Registry
 from hone.runs import open_language_model_run
@@ -32,6 +36,7 @@ class Target:
     key: str  # "base", "support/3", or "run:<folder>": what the engine loads and keys its adapters by
     label: str  # what the response's `model` and x-hone-model-version say answered
     adapter: Path | None = None  # the LoRA adapter folder; None: the base model
+    system: str | None = None  # the system prompt it was trained under: sent when a request has none
 
 
 class UnknownModel(HoneError):
@@ -135,7 +140,8 @@ class Resolver:
         if rank is not None and int(rank) > self.settings.serve.max_lora_rank:
             raise UnknownModel(f"model {name!r}: LoRA rank {rank} is above serve.max_lora_rank")
         folder = self.registry.folder(version)  # hash-checked before anything is loaded from it
-        target = Target(version.ref, version.ref, folder / version.tags.get("hone.weights", "adapter"))
+        weights = folder / version.tags.get("hone.weights", "adapter")
+        target = Target(version.ref, version.ref, weights, version.tags.get("hone.system_prompt") or None)
         with self._lock:
             self._versions[name] = target
         return target
@@ -155,7 +161,7 @@ class Resolver:
                 f"base {self.base_reference!r}"
             )
         key = f"run:{folder.resolve()}"
-        return Target(key, run.name, run.weights)
+        return Target(key, run.name, run.weights, run_system_prompt(run).text)
 
 
 def pick(weights: dict[str, int], user: str | None, route: str) -> str:
