@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from hone.config import ServeFile
+from hone.config import ServeConfig, ServeFile
 from hone.errors import HoneError
 from hone.serve.engine import Grammars, Job, QueueFull, TransformersEngine
 from hone.serve.log import RequestLog
@@ -146,9 +146,8 @@ def number(body: dict[str, Any], name: str, default: float, low: float, high: fl
     return float(value)
 
 
-def limits(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+def limits(serve: ServeConfig, body: dict[str, Any]) -> dict[str, Any]:
     """The request's sampling settings, each checked against its range and the server's limits."""
-    serve = server.settings.serve
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     if asked is None:
         asked = min(serve.default_max_tokens, serve.max_tokens)
@@ -279,7 +278,7 @@ def create_app(server: Server) -> FastAPI:
 async def complete(server: Server, body: dict[str, Any], kind: str, prompt: Any) -> Response:
     """Resolve the model, queue the job, answer (streamed or whole), count and log it; `prompt` is the chat
     messages or the completion's text."""
-    settings = limits(server, body)
+    settings = limits(server.settings.serve, body)
     name, user = body.get("model"), body.get("user")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "model is required", param="model")
