@@ -566,6 +566,13 @@ class ServeConfig(Strict):
         description="sha256 hex digests of the accepted API keys (`hone serve-key` makes one); empty: no key "
         "needed, which is allowed only when listening on 127.0.0.1.",
     )
+    requests_per_minute: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Most completion requests per minute for each API key (each client address without "
+        "keys); beyond it 429 with Retry-After. None: no limit.",
+    )
     request_log: str | None = Field(
         None, description="SQLAlchemy URL of the request log; None: SQLite in .hone/requests.db."
     )

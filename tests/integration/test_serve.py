@@ -81,9 +81,9 @@ def call(
         return status, text, got
 
 
-def chat(url: str, model: str, **extra: Any) -> tuple[int, Any, dict[str, str]]:
+def chat(url: str, model: str, key: str | None = None, **extra: Any) -> tuple[int, Any, dict[str, str]]:
     body = {"model": model, "messages": PROMPT, "max_tokens": 8, "temperature": 0, **extra}
-    return call(url, "/v1/chat/completions", body, extra.pop("key", None))
+    return call(url, "/v1/chat/completions", body, key)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,19 @@ def test_api_keys_are_required_when_configured_and_never_logged(
         assert call(url, "/healthz")[0] == 200, "health needs no key"
         rows = server.log.rows()
     assert len(rows) == 1 and key not in json.dumps(rows)
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(store: dict[str, Any], tmp_path: Path) -> None:
+    keys = ["key-one", "key-two"]
+    limited = settings(store, tmp_path, api_key_sha256=[key_digest(k) for k in keys], requests_per_minute=2)
+    with serving(limited) as (url, _):
+        first = [chat(url, "base", key="key-one", max_tokens=2) for _ in range(3)]
+        other = chat(url, "base", key="key-two", max_tokens=2)
+        models = call(url, "/v1/models", key="key-one")
+    assert [status for status, _, _ in first] == [200, 200, 429]
+    assert first[2][2]["retry-after"] == "30" and "2 requests per minute" in first[2][1]["error"]["message"]
+    assert other[0] == 200, "each key has its own budget"
+    assert models[0] == 200, "listing models spends none"
 
 
 def test_a_full_queue_answers_429_with_retry_after(store: dict[str, Any], tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -137,6 +139,38 @@ def authorized(server: Server, request: Request) -> bool:
     return any(hmac.compare_digest(digest, known) for known in accepted)
 
 
+def client_key(request: Request) -> str:
+    """Whose budget a request spends: its API key's digest, else its client address."""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return key_digest(header[7:].strip())
+    return request.client.host if request.client else "unknown"
+
+
+class RateLimiter:
+    """A token bucket per client: `per_minute` requests, refilled evenly; None lets everything through."""
+
+    def __init__(self, per_minute: int | None) -> None:
+        self.per_minute = per_minute
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when counted)
+        self.lock = threading.Lock()
+
+    def take(self, client: str, now: float | None = None) -> float | None:
+        """None when the request may go; else the seconds until it could."""
+        if self.per_minute is None:
+            return None
+        now = time.monotonic() if now is None else now
+        rate = self.per_minute / 60.0
+        with self.lock:
+            tokens, counted = self.buckets.get(client, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - counted) * rate)
+            if tokens >= 1.0:
+                self.buckets[client] = (tokens - 1.0, now)
+                return None
+            self.buckets[client] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+
 def number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = body.get(name, default)
     if value is None:
@@ -228,10 +262,19 @@ def create_app(server: Server) -> FastAPI:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 429 else None
         return error_response(error, headers)
 
+    limiter = RateLimiter(server.settings.serve.requests_per_minute)
+
     @app.middleware("http")
     async def auth(request: Request, call_next: Any) -> Response:
         if request.url.path.startswith("/v1/") and not authorized(server, request):
             return error_response(ApiError(401, "missing or wrong API key", "authentication_error"))
+        if request.method == "POST" and request.url.path.startswith("/v1/"):
+            wait = limiter.take(client_key(request))
+            if wait is not None:
+                error = ApiError(
+                    429, f"rate limit: {limiter.per_minute} requests per minute", "rate_limit_error"
+                )
+                return error_response(error, {"Retry-After": str(max(1, math.ceil(wait)))})
         return await call_next(request)
 
     @app.get("/healthz")
