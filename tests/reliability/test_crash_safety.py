@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from completed_runs import lora_run
 
+from completed_runs import lora_run
 from hone.cli import main
 from hone.data.load import load_split
 from hone.data.version import dataset_hash

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from completed_runs import lora_run
 
+from completed_runs import lora_run
 from hone.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

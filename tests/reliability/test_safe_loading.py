@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from completed_runs import lora_run
 
+from completed_runs import lora_run
 from hone.cli import main
 from hone.errors import HoneError
 from hone.export import gguf, parity
