@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -45,15 +46,58 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_dead_staging(folder: Path) -> list[Path]:
+    """Remove `.tmp-<name>-pid<pid>-...` and `.old-<name>-pid<pid>` leftovers of processes no longer running.
+
+    A writer killed (-9) mid-write leaves its staging folder behind; nothing else would ever remove it, and
+    an export's is the size of a model. One still running (another writer) is left alone.
+    """
+    removed = []
+    for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+        pid = staging_pid(path.name)
+        if pid is not None and not alive(pid) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for path in folder.glob(".old-*") if folder.is_dir() else []:
+        pid = staging_pid(path.name)
+        if pid is not None and not alive(pid) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+STAGING_PID = re.compile(r"-pid(\d+)(?:-|$)")
+
+
+def staging_pid(name: str) -> int | None:
+    """The process id in a staging folder's name (`.tmp-<name>-pid<pid>-<random>`, `.old-<name>-pid<pid>`)."""
+    found = STAGING_PID.search(name)
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
 def staged_folder(target: Path) -> Iterator[Path]:
-    """An empty sibling folder that replaces `target` whole when the block succeeds, else is removed."""
+    """An empty sibling folder that replaces `target` whole when the block succeeds, else is removed.
+
+    Leftovers of earlier writers that were killed are removed first (see `remove_dead_staging`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    remove_dead_staging(target.parent)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-pid{os.getpid()}-"))
     staging.chmod(0o755)
     try:
         yield staging
-        retired = target.parent / f".old-{target.name}-{os.getpid()}"
+        retired = target.parent / f".old-{target.name}-pid{os.getpid()}"
         if target.exists():
             os.replace(target, retired)  # a folder cannot be renamed over a non-empty one
         os.replace(staging, target)

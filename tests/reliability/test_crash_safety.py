@@ -4,8 +4,9 @@ staging folder appears, a file in it is being written, the finished folder is re
 
 After each kill every folder a reader can see is whole: a dataset version has its card, every split the
 card lists, each line readable and the content hash it is named by; a merged model has every file its
-export.json lists, with those sha256s. Only hidden staging folders (`.tmp-...`) may be left behind. Then
-the same command, run again, succeeds with the result of a run that was never interrupted.
+export.json lists, with those sha256s. Only hidden staging folders (`.tmp-...`) may be left behind, and the
+next run removes them. Then the same command, run again, succeeds with the result of a run that was never
+interrupted.
 
 A kill that lands after the process finished proves nothing, so each kill point inside the writing
 window asserts that the process died of the kill and left its staging folder behind.
@@ -213,7 +214,7 @@ def test_prepare_killed_leaves_no_half_version_and_reruns_to_the_same_hash(
     assert killed, f"hone data prepare finished before the kill point {point.name!r}"
     left = staging_folders(out)
     if point.mid_write:
-        assert any(name.endswith(f"-{process.pid}") for name in left), "the kill landed outside the write"
+        assert any(name.endswith(f"-pid{process.pid}") for name in left), "the kill landed outside the write"
     visible = [version.name for version in complete_versions(out)]
     if point.version_visible is not None:
         assert visible == ([uninterrupted.name] if point.version_visible else [])
@@ -225,7 +226,7 @@ def test_prepare_killed_leaves_no_half_version_and_reruns_to_the_same_hash(
     assert version.name == uninterrupted.name
     for name in SPLIT_FILES:
         assert (version / name).read_bytes() == (uninterrupted / name).read_bytes(), name
-    assert staging_folders(out) == left, "the rerun leaves only the killed process's staging folder"
+    assert staging_folders(out) == set(), "the rerun removed the killed process's staging folder"
 
 
 # hone export --merge -------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ def test_export_killed_while_writing_leaves_no_partial_merged_folder(
 
     run_in_process(monkeypatch, "export", str(run), "--merge")
 
+    assert staging_folders(export) == set(), "the rerun removed what the killed exports left behind"
     assert merged_state(run) == "complete"
     assert_merged_model_is_base_plus_adapter(export / "merged", tiny_model_dir, run / "adapter")
     recorded = json.loads((run / "manifest.json").read_text(encoding="utf-8"))

@@ -29,7 +29,7 @@ from hone.data.pii import find_pii, redact_pii
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
-from hone.io import atomic_write_json, atomic_write_jsonl, file_digest
+from hone.io import atomic_write_json, atomic_write_jsonl, file_digest, remove_dead_staging
 
 SPLITS = ("train", "validation", "test")
 
@@ -151,7 +151,8 @@ def prepare_dataset(sources: list[SourceSpec], out: Path, options: PrepareOption
     target = out / version[:16]
     if (target / "card.json").is_file():
         return target
-    staging = out / f".tmp-{version[:16]}-{os.getpid()}"
+    remove_dead_staging(out)  # what a killed `data prepare` left behind
+    staging = out / f".tmp-{version[:16]}-pid{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for name, members in splits.items():
