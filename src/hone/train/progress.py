@@ -92,5 +92,10 @@ class RichProgress(TrainerCallback):
         self.train_seconds = self.clock() - self.started - self.eval_seconds
         if self.progress is not None:
             self.progress.update(completed=state.global_step, **self.fields)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar: at the end of training, and when training raises (or a terminal stays live-drawn)."""
+        if self.progress is not None:
             self.progress.stop()
             self.progress = None

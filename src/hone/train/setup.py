@@ -330,7 +330,10 @@ def fit(
     own = attention == hardware.CPU_ATTENTION
     wanted = [name for name in kernels if own or name != "attention"] if trainer.args.use_cpu else []
     with cpu_kernels(trainer.model, wanted) as applied:
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            progress.close()  # a failed run leaves no live bar behind its error
     used = CPU_ATTENTION_NAME if "attention" in applied else loaded
     state = trainer.state
     best_is_loss = trainer.args.metric_for_best_model == "eval_loss"  # rl keeps the best eval_reward

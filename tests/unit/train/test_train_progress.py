@@ -81,6 +81,21 @@ def test_on_a_terminal_the_callback_draws_its_bar_and_no_plain_lines(tmp_path: P
     assert "elapsed" not in drawn and "(40%)" not in drawn
 
 
+def test_a_bar_stopped_mid_run_stops_drawing(tmp_path: Path) -> None:
+    buffer = io.StringIO()
+    clock = FakeClock()
+    console = Console(file=buffer, force_terminal=True, width=160)
+    progress = RichProgress(console, "sft", every_steps=4, clock=clock)
+    drive(progress, clock, tmp_path, steps=3)  # ends with on_train_end
+    progress.progress = None
+    handler_args = TrainingArguments(output_dir=str(tmp_path), max_steps=10, report_to="none", use_cpu=True)
+    progress.on_train_begin(handler_args, TrainerState(max_steps=10), TrainerControl())
+    assert progress.progress is not None and progress.progress.live, "a live bar is drawing"
+    progress.close()  # what training does when it raises
+    assert progress.progress is None
+    assert console._live_stack == [], "no live display left on the console"
+
+
 def test_a_real_run_piped_to_a_log_shows_every_step(tmp_path: Path, tiny_model_dir: Path) -> None:
     rows = [
         {
