@@ -19,7 +19,7 @@ import torch
 
 from hone.errors import HoneError
 from hone.models.quantization import quantization_config
-from hone.models.resolve import load_model, load_tokenizer, torch_dtype, weights_policy
+from hone.models.resolve import load_model, load_tokenizer, require_all_weights, torch_dtype, weights_policy
 
 if TYPE_CHECKING:
     from hone.config import ModelConfig
@@ -159,11 +159,13 @@ def dequantized_base(trained: TrainedWeights, opt_in: ModelConfig | None = None)
 
     dtype = torch_dtype(trained.training_precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    quantized = AutoModelForCausalLM.from_pretrained(
+    quantized, loading = AutoModelForCausalLM.from_pretrained(
         trained.base,
         quantization_config=quantization_config(dtype),
         dtype=dtype,
         device_map=device,
+        output_loading_info=True,
         **weights_policy(trained.base, opt_in),
     )
+    require_all_weights(trained.base, loading)  # an incomplete base would be filled with random values
     return quantized.dequantize(dtype=torch.float32).to(device="cpu", dtype=torch.float32)

@@ -27,7 +27,7 @@ from rich.console import Console
 from hone.config import HoneConfig, ModelConfig
 from hone.data.formats import Example
 from hone.errors import HoneError
-from hone.models.resolve import load_tokenizer, resolve_model, weights_policy
+from hone.models.resolve import load_tokenizer, require_all_weights, resolve_model, weights_policy
 from hone.runs import RunFolder, inside_run
 from hone.train.dpo import preference_dataset, show_ranking
 from hone.train.setup import TrainResult, build_model, callbacks, choose, fit, trainer_arguments
@@ -129,9 +129,16 @@ def load_reward_model(
 
         base_path = Path(manifest.base_model.path or resolve_model(manifest.base_model.reference))
         with quiet_load_report():
-            base = AutoModelForSequenceClassification.from_pretrained(
-                base_path, num_labels=1, dtype=torch.float32, **weights_policy(base_path, opt_in)
+            base, loading = AutoModelForSequenceClassification.from_pretrained(
+                base_path,
+                num_labels=1,
+                dtype=torch.float32,
+                output_loading_info=True,
+                **weights_policy(base_path, opt_in),
             )
+        require_all_weights(
+            base_path, loading, new_heads=("score.",)
+        )  # the score head comes with the adapter
         # The adapter brings the trained score head (PEFT's modules_to_save) along with the LoRA weights.
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:

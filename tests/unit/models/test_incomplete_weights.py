@@ -87,3 +87,26 @@ def test_tied_heads_and_a_new_reward_head_are_not_missing(tiny_model_dir: Path) 
     )
     reward = load_base(tiny_model_dir, setup, quantized=False, head="score")
     assert reward.score.weight.shape == (1, 64)
+
+
+def test_the_4bit_base_of_a_qlora_run_is_checked_too(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A load that does not go through load_model: the QLoRA base, quantized and dequantized for evaluation
+    and export, as training saw it."""
+    from dataclasses import dataclass
+
+    from hone.models.trained import dequantized_base
+
+    broken = damaged_copy(tiny_model_dir, tmp_path / "broken-base", {DROPPED: None})
+
+    @dataclass
+    class Weights:
+        base: Path
+        weights: Path
+        kind: str = "qlora"
+        training_precision: str = "fp32"
+
+    with pytest.raises(
+        HoneError, match=f"1 weight\\(s\\) the model needs are missing from its files: {DROPPED}"
+    ):
+        dequantized_base(Weights(broken, tmp_path))
+    assert dequantized_base(Weights(tiny_model_dir, tmp_path)).lm_head is not None
