@@ -121,8 +121,22 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 
 
 def shipped_configs() -> list[Path]:
+    """Every shipped config of the lifecycle (the server's configs and accelerate's are of other kinds)."""
     found = [*REPO.glob("configs/**/*.yaml"), *REPO.glob("examples/**/*.yaml")]
-    return sorted(path for path in found if "accelerate" not in path.parts)
+    return sorted(path for path in found if "accelerate" not in path.parts and path not in serve_configs())
+
+
+def serve_configs() -> list[Path]:
+    return sorted(REPO.glob("configs/serve*.yaml"))
+
+
+@pytest.mark.parametrize("path", serve_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_serve_config_validates(path: Path) -> None:
+    from hone.config import ServeFile, load_serve_config
+
+    config = load_serve_config(path)
+    assert isinstance(config, ServeFile) and config.serve.host == "127.0.0.1"
+    assert path.read_text(encoding="utf-8").startswith("# hone serve -c "), "its header is the command"
 
 
 def test_there_are_shipped_configs() -> None:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(
     path
     for path in [*REPO.glob("configs/**/*.yaml"), *REPO.glob("examples/**/*.yaml")]
-    if "accelerate" not in path.parts
+    if "accelerate" not in path.parts and not path.name.startswith("serve")  # other kinds of config
 )
 
 
