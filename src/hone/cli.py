@@ -465,7 +465,12 @@ def quickstart(config: ConfigOption = Path("configs/quickstart.yaml"), overrides
 
 @app.command("export")
 def export(
-    run: Annotated[Path, typer.Argument(help="A completed run folder (runs/<name>).")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A completed run folder (runs/<name>), or a registered version (NAME/3, NAME@ALIAS)."
+        ),
+    ],
     merge: Annotated[bool, typer.Option("--merge", help="Merged safetensors model.")] = False,
     gguf: Annotated[
         bool, typer.Option("--gguf", help="GGUF for llama.cpp/Ollama, with a Modelfile.")
@@ -474,21 +479,31 @@ def export(
     dequantize: Annotated[
         bool, typer.Option("--dequantize", help="QLoRA: merge into the dequantized 4-bit base.")
     ] = False,
-    out: Annotated[Path | None, typer.Option(help="Export folder; default <run>/export.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Export folder; default <run>/export, or exports/<name>-v<N> for a version."),
+    ] = None,
     parity: Annotated[bool, typer.Option(" /--no-parity", help="Skip the GGUF parity check.")] = True,
+    uri: StoreOption = None,
 ) -> None:
     """Merge the adapter into its base and/or write a GGUF; the GGUF is checked against the merged model."""
     from hone.export.gguf import to_gguf
     from hone.export.merge import merge as merge_run
     from hone.export.parity import parity_check, parity_table
+    from hone.registry.store import candidate_folders
 
     if not (merge or gguf):
         raise HoneError("hone export: choose what to write: --merge, --gguf, or both")
-    root = out or run / "export"
+    (run,), names = candidate_folders([source], uri)
+    version = names.get(run)  # a registered version's hashed files are read, never written into
+    root = out or (Path("exports") / version if version else run / "export")
+    record = version is None
     if not gguf:
-        console.print(f"[green]merged model[/] {merge_run(run, root / 'merged', dequantize)}")
+        console.print(f"[green]merged model[/] {merge_run(run, root / 'merged', dequantize, record)}")
         return
-    exported = to_gguf(run, quant, root / f"gguf-{quant}", dequantize, merged_out=root / "merged")
+    exported = to_gguf(
+        run, quant, root / f"gguf-{quant}", dequantize, merged_out=root / "merged", record=record
+    )
     console.print(f"[green]merged model[/] {exported.merged}\n[green]GGUF[/] {exported.model}")
     console.print(f"[green]LoRA GGUF[/] {exported.lora or f'[dim]none: {exported.lora_skipped}[/]'}")
     console.print(f"[green]Ollama[/] ollama create {exported.run.name} -f {exported.modelfile}")

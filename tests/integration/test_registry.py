@@ -436,3 +436,22 @@ def test_a_config_names_registered_versions_as_candidates(registry: Registry, ru
     config.write_text(yaml.safe_dump(raw))
     failed = hone("evaluate", "-c", str(config), "--uri", registry.uri)
     assert failed.returncode == 2 and "has no alias 'nope'" in failed.stderr
+
+
+def test_export_reads_a_registered_version_and_leaves_its_files_alone(
+    registry: Registry, runs: Path, hone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = registry.add(runs / "first", "support")
+    assert promote(registry, Ref("support", 1), "production", Console(quiet=True)).moved
+    folder = registry.folder(version)
+    manifest = (folder / "manifest.json").read_bytes()
+    monkeypatch.chdir(tmp_path)
+
+    exported = hone("export", "support@production", "--merge", "--uri", registry.uri)
+
+    assert exported.returncode == 0, exported.stderr
+    merged = tmp_path / "exports" / "support-v1" / "merged"
+    assert json.loads((merged / "export.json").read_text())["kind"] == "merged"
+    assert (folder / "manifest.json").read_bytes() == manifest, "the version's manifest is not written"
+    assert registry.folder(registry.version(Ref("support", 1))) == folder, "its content hash still holds"
+    assert hone("export", "support/9", "--merge", "--uri", registry.uri).returncode == 2

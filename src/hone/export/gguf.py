@@ -40,6 +40,7 @@ def to_gguf(
     out: Path | None = None,
     dequantize: bool = False,
     merged_out: Path | None = None,
+    record: bool = True,
 ) -> GGUFExport:
     """Merge, then convert with llama.cpp's converter; LoRA runs also get the adapter as a LoRA GGUF.
 
@@ -52,7 +53,7 @@ def to_gguf(
     quantizer = llama_quantize() if quant in QUANTIZE_TYPES else None  # refuse before any work is done
     run = open_language_model_run(run_path, "export")
     system = run_system_prompt(run)
-    merged = merge(run_path, merged_out, dequantize)
+    merged = merge(run_path, merged_out, dequantize, record)
     text = modelfile(f"{run.name}-{quant}.gguf", load_tokenizer(merged, run.config.model), system)
     tools = llama_cpp_tools()
     target = out or run.path / "export" / f"gguf-{quant}"
@@ -74,7 +75,8 @@ def to_gguf(
         details = {"quant": quant, "files": files, "lora_skipped": skipped, "llama_cpp": tools_version(tools)}
         details["system_prompt"] = {"text": system.text, "source": system.source, "warning": system.warning}
         record_export(staging, run, "gguf", dequantized=run.kind == "qlora", **details)
-    record_artifact(run, f"export_gguf_{quant}", target)
+    if record:  # see merge
+        record_artifact(run, f"export_gguf_{quant}", target)
     return GGUFExport(
         run=run.path,
         folder=target,

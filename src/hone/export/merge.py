@@ -116,12 +116,13 @@ def require_finite_model(model: Any, base: Path) -> None:
         raise HoneError(f"{base}: merged with the adapter, tensor {problem}; nothing was exported")
 
 
-def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> Path:
+def merge(run_path: Path, out: Path | None = None, dequantize: bool = False, record: bool = True) -> Path:
     """Write the run's model as one plain safetensors folder that any Hugging Face tool loads.
 
     LoRA is merged into the fp32 base it was trained on. A QLoRA adapter is refused unless `dequantize`
     is set (see QLORA_REFUSAL). Full fine-tuning already produced a whole model; it is copied. Weights
-    with NaN or infinite values are refused before anything is written.
+    with NaN or infinite values are refused before anything is written. `record=False` leaves the run's
+    manifest alone (a registered version's files are hashed and must not change).
     """
     run = open_language_model_run(run_path, "export")
     target = out or run.path / "export" / "merged"
@@ -140,5 +141,6 @@ def merge(run_path: Path, out: Path | None = None, dequantize: bool = False) -> 
             model.save_pretrained(staging, safe_serialization=True)
             load_tokenizer(run.weights, run.config.model).save_pretrained(staging)  # with its chat template
         record_export(staging, run, "merged", dequantized=dequantized, dtype="float32")
-    record_artifact(run, "export_merged", target)
+    if record:
+        record_artifact(run, "export_merged", target)
     return target
