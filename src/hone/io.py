@@ -62,13 +62,10 @@ def remove_dead_staging(folder: Path) -> list[Path]:
     A writer killed (-9) mid-write leaves its staging folder behind; nothing else would ever remove it, and
     an export's is the size of a model. One still running (another writer) is left alone.
     """
+    if not folder.is_dir():
+        return []
     removed = []
-    for path in folder.glob(".tmp-*") if folder.is_dir() else []:
-        pid = staging_pid(path.name)
-        if pid is not None and not alive(pid) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    for path in folder.glob(".old-*") if folder.is_dir() else []:
+    for path in [*folder.glob(".tmp-*"), *folder.glob(".old-*")]:
         pid = staging_pid(path.name)
         if pid is not None and not alive(pid) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

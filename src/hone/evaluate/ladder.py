@@ -49,6 +49,7 @@ from hone.runs import (
     open_language_model_run,
     read_history,
 )
+from hone.track import is_number
 
 SHOWN_FLIPS = 20
 YES_NO_METRICS = ("exact_match", "normalized_exact_match", "accuracy", "json_valid", "schema_valid", "regex")
@@ -318,17 +319,17 @@ def measure_general(config: HoneConfig, label: str, model: Any, tokenizer: Any, 
     return General(probes, scores)
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
 def training_record(candidate: FinishedRun) -> dict[str, Any]:
     """What the report shows of a candidate's training: the loss curve and the time it took."""
     summary = candidate.manifest.training
     if summary is None and (candidate.path / METRICS).is_file():
         summary = contract.read(TrainingMetrics, candidate.path / METRICS).training
     history = [
-        {key: row[key] for key in ("step", "loss", "eval_loss") if is_number(row.get(key))}
+        {
+            key: row[key]
+            for key in ("step", "loss", "eval_loss")
+            if is_number(row.get(key)) and np.isfinite(row[key])
+        }
         for row in read_history(candidate.path)
         if isinstance(row.get("step"), int)
     ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,11 @@ from hone import contract
 from hone.config import HoneConfig, load_config
 from hone.contract import Ladder, LadderRung
 from hone.errors import HoneError
-from hone.evaluate.ladder import prepare, run_ladder
+from hone.evaluate.ladder import run_evaluation
 from hone.evaluate.stats import paired_bootstrap
 from hone.registry.refs import Ref, check_alias
 from hone.registry.store import AuditRecord, Registry, Version, os_user, previous_holder
-from hone.runs import LADDER, RunFolder, failure_recorded, now, open_language_model_run
+from hone.runs import LADDER, now
 from hone.track import log_run
 
 GATE_LADDER_TAG = "hone.gate_ladder.v"  # + the holder's version: the MLflow run holding that gate's ladder
@@ -206,11 +206,7 @@ def gate_rules(config: HoneConfig, found: GateLadder) -> list[Rule]:
 
 def rung_names(version: Version) -> tuple[str, ...]:
     """The names a version's rung has in a ladder: its run's name, or `<name>-v<N>` in a gate ladder."""
-    return (gate_rung_name(version), version.tags.get("hone.run_name", ""))
-
-
-def gate_rung_name(version: Version) -> str:
-    return f"{version.name}-v{version.version}"
+    return (version.rung_name, version.tags.get("hone.run_name", ""))
 
 
 def contender(ladder: Ladder, folder: Path, version: Version, taken: str | None = None) -> Contender | None:
@@ -269,28 +265,16 @@ def run_gate_ladder(
     holder: tuple[Version, Path] | None,
     console: Console,
 ) -> GateLadder:
-    """A new ladder of the two versions on the config's test split, in a run folder of its own."""
+    """A new ladder of the two versions on the config's test split, in an evaluation run of its own."""
     gate_config = config.model_copy(deep=True)
-    gate_config.evaluate.rungs = []
+    gate_config.evaluate.rungs, gate_config.evaluate.candidates = [], []
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     version = candidate[0]
     against = f"-vs-v{holder[0].version}" if holder else ""
     gate_config.run.name = f"gate-{version.name}-v{version.version}{against}-{stamp}"
-    inputs = prepare(gate_config, [])
-    for entry in [holder, candidate]:
-        if entry is not None:
-            opened = open_language_model_run(entry[1], "are promoted")
-            inputs.candidates.append(replace(opened, name=gate_rung_name(entry[0])))
-    run = RunFolder.create(gate_config, "evaluation")
-    console.print(f"[bold]Gate ladder[/] {run.path}")
-    with failure_recorded(run):
-        ladder = run_ladder(inputs, run, console)
-        run.update(
-            candidates=[str(entry[1]) for entry in (holder, candidate) if entry is not None],
-            metrics={rung.name: rung.value(ladder.primary_metric) for rung in ladder.rungs},
-            recommendation=ladder.recommendation,
-        )
-        run.finish("completed")
+    pairs = [entry for entry in (holder, candidate) if entry is not None]
+    names = {folder: entry.rung_name for entry, folder in pairs}
+    run, _ = run_evaluation(gate_config, [folder for _, folder in pairs], console, names)
     if config.track.enabled:
         run_id = log_run(run.path, registry.uri, config.track.experiment)
         registry.set_tag(version, f"{GATE_LADDER_TAG}{holder[0].version if holder else 0}", run_id)

@@ -86,6 +86,11 @@ class Version:
         return f"{self.name}/{self.version}"
 
     @property
+    def rung_name(self) -> str:
+        """Its rung in a ladder (`support-v3`: a rung name is also a file name, so no `/`)."""
+        return f"{self.name}-v{self.version}"
+
+    @property
     def sha256(self) -> str:
         return self.tags.get("hone.sha256", "")
 
@@ -327,7 +332,6 @@ def previous_holder(records: list[AuditRecord], alias: str, current: int) -> int
 def candidate_folders(values: list[str], uri: str | None = None) -> tuple[list[Path], dict[Path, str]]:
     """Run folders for `--candidate` values: a path as it is, a registered version (`NAME/3`,
     `NAME@production`) as its checked files; with the rung name each version is shown under."""
-    from hone.registry.gate import gate_rung_name
     from hone.registry.refs import is_ref, parse_ref
 
     folders: list[Path] = []
@@ -342,5 +346,5 @@ def candidate_folders(values: list[str], uri: str | None = None) -> tuple[list[P
         version = registry.version(parse_ref(value))
         folder = registry.folder(version)
         folders.append(folder)
-        names[folder] = gate_rung_name(version)
+        names[folder] = version.rung_name
     return folders, names
