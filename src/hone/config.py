@@ -382,7 +382,44 @@ class ApiRung(Strict):
     output_price: float = Field(0.0, ge=0, description="USD per million completion tokens.")
 
 
+class VllmSettings(Strict):
+    """vLLM's OpenAI server, started by hone on a GPU machine with the base model and the LoRA adapters."""
+
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM takes (weights plus KV cache)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, le=1_048_576, description="Longest prompt plus reply; None: the model's own."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="vLLM's --dtype.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="More arguments for `vllm serve`, passed as they are."
+    )
+    startup_seconds: float = Field(
+        900.0, gt=0, le=7200, description="How long vLLM may take to load before hone gives up on it."
+    )
+
+
+class LlamaCppSettings(Strict):
+    """llama.cpp (llama-cpp-python) on CPU, over GGUF files hone exports from the served versions."""
+
+    quant: Literal["Q4_K_M", "Q4_1", "Q8_0", "F16"] = Field(
+        "Q4_K_M", description="Quantization of the GGUF files made for serving."
+    )
+    context: int = Field(4096, ge=128, le=1_048_576, description="Context length (prompt plus reply).")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads; None: as many as torch uses (the physical cores)."
+    )
+
+
 class EvaluateConfig(Strict):
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="What generates the local rungs' answers: transformers (in this process) or vllm (GPUs: "
+        "one vLLM server holds the base model and every candidate's LoRA adapter).",
+    )
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="The vllm engine.")
     json_schema: Path | None = Field(
         None,
         description="JSON Schema the outputs must follow; enables schema adherence and per-field scores.",
@@ -523,6 +560,13 @@ class RegistryConfig(Strict):
 
 
 class ServeConfig(Strict):
+    engine: Literal["transformers", "vllm", "llama.cpp"] = Field(
+        "transformers",
+        description="What generates: transformers (CPU or GPU, in this process), vllm (GPUs: hone starts "
+        "vLLM's server and routes to it) or llama.cpp (CPU, GGUF; the llama-cpp extra).",
+    )
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="The vllm engine.")
+    llama_cpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings, description="The llama.cpp engine.")
     base_model: str | None = Field(
         None,
         description="The base model the server holds in memory; adapters over another base are not "

@@ -26,10 +26,8 @@ def loopback(host: str) -> bool:
 
 
 def build_server(settings: ServeFile) -> Any:
-    """The loaded base model and tokenizer, the engine, the resolver, the log and the FastAPI app."""
-    from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
+    """The engine (the base model loaded), the resolver, the log and the FastAPI app."""
     from hone.serve.app import Metrics, Server, create_app
-    from hone.serve.engine import TransformersEngine
     from hone.serve.log import RequestLog
     from hone.serve.models import Resolver
 
@@ -39,12 +37,7 @@ def build_server(settings: ServeFile) -> Any:
             f"serve.host: {serve.host} is reachable from other machines; set serve.api_key_sha256 "
             "(`hone serve-key` makes a key) or listen on 127.0.0.1"
         )
-    base = serve.base_model or settings.model.reference
-    path = resolve_model(base)
-    device, dtype = local_inference(serve.precision)
-    model = load_model(path, dtype, device, opt_in=settings.model)
-    tokenizer = load_tokenizer(path, settings.model)
-    engine = TransformersEngine(model, tokenizer, serve.max_adapters, serve.max_batch, serve.max_queue)
+    engine = create_engine(settings)
     server = Server(settings, engine, Resolver(settings), RequestLog(serve.request_log, serve.redact_pii),
                     Metrics.create())  # fmt: skip
     app = create_app(server)
@@ -62,6 +55,40 @@ def build_server(settings: ServeFile) -> Any:
 
     app.router.lifespan_context = lifespan
     return server, app
+
+
+def create_engine(settings: ServeFile) -> Any:
+    """The configured engine, its base model loaded (vllm: its server started when the engine starts)."""
+    from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model
+
+    serve = settings.serve
+    path = resolve_model(serve.base_model or settings.model.reference)
+    tokenizer = load_tokenizer(path, settings.model)
+    if serve.engine == "transformers":
+        from hone.serve.engine import TransformersEngine
+
+        device, dtype = local_inference(serve.precision)
+        model = load_model(path, dtype, device, opt_in=settings.model)
+        return TransformersEngine(model, tokenizer, serve.max_adapters, serve.max_batch, serve.max_queue)
+    if serve.engine == "vllm":
+        from hone.serve.vllm import VllmEngine
+
+        return VllmEngine.create(settings, path, tokenizer)
+    if serve.engine == "llama.cpp":
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise HoneError(
+                "serve.engine: llama.cpp needs llama-cpp-python: pip install 'hone[llama-cpp]' (it compiles "
+                "llama.cpp, which takes some minutes)"
+            ) from None
+        from hone.serve.llama_cpp import LlamaCppEngine
+
+        base_name = serve.base_model or settings.model.reference
+        return LlamaCppEngine(
+            path, base_name, tokenizer, serve.llama_cpp, serve.max_adapters, serve.max_queue
+        )
+    raise HoneError(f"serve.engine: {serve.engine} is not available yet")
 
 
 def run_server(settings: ServeFile, console: Console) -> None:

@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hone.config import ServeConfig, ServeFile
 from hone.errors import HoneError
-from hone.serve.engine import Grammars, Job, QueueFull, TransformersEngine
+from hone.serve.engine import Engine, Job, QueueFull
 from hone.serve.log import RequestLog
 from hone.serve.models import Resolver, Target, UnknownModel
 
@@ -78,19 +78,14 @@ class Metrics:
 @dataclass
 class Server:
     settings: ServeFile
-    engine: TransformersEngine
+    engine: Engine
     resolver: Resolver
     log: RequestLog
     metrics: Metrics
     ready: bool = False
-    _grammars: Grammars | None = None
 
     def grammar(self, schema: str | None) -> Any:
-        """The compiled grammar of a response_format (made on first use: xgrammar reads the vocabulary)."""
-        if self._grammars is None:
-            vocab = self.engine.base.get_output_embeddings().weight.shape[0]
-            self._grammars = Grammars(self.engine.tokenizer, vocab)
-        return self._grammars.get(schema)
+        return self.engine.compile(schema)
 
 
 async def response_grammar(server: Server, body: dict[str, Any]) -> Any:

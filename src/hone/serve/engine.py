@@ -1,10 +1,11 @@
 """The transformers engine: one base model in memory, many LoRA adapters over it, requests batched together.
 
-Requests wait in a bounded queue; one engine thread takes up to `serve.max_batch` of them at a time and
-decodes them together, whatever adapter each asks for: PEFT applies each row's adapter in the same
-forward pass (`adapter_names`, its mixed-adapter batches), and rows for the base model get none. Adapters
-load on first use and the least recently used one is dropped beyond `serve.max_adapters` (never one that a
-batch in flight is using).
+Requests wait in a bounded queue; one engine thread decodes up to `serve.max_batch` of them together,
+whatever adapter each asks for: PEFT applies each row's adapter in the same forward pass (`adapter_names`,
+its mixed-adapter batches), and rows for the base model get none. Batching is continuous: between two
+decoding steps, waiting requests are prefilled and join the batch in flight, and finished ones leave it,
+so a short request is not held behind a long one. Adapters load on first use and the least recently used
+one is dropped beyond `serve.max_adapters` (never one that a batch in flight is using).
 
 The decoding loop is hone's own rather than `model.generate`: `generate` takes one temperature and one
 length for the whole batch and has no per-row stream, while a server batches requests that each have their
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -61,6 +62,136 @@ class Job:
     finished: float = 0.0
 
 
+class Detokenizer:
+    """A job's new text one token at a time, without decoding all of it again at every step.
+
+    The last few tokens are decoded with the new one and the text they gain is the new piece (the offsets
+    vLLM and TGI keep): a token's text can depend on the one before it (a leading space, a multi-byte
+    character split over tokens), and decoding the whole reply every step grows quadratically with it."""
+
+    def __init__(self) -> None:
+        self.prefix = 0  # tokens before this are out of the window
+        self.read = 0  # tokens before this have given their text
+
+    def add(self, tokenizer: Any, tokens: list[int]) -> str:
+        seen = tokenizer.decode(tokens[self.prefix : self.read], skip_special_tokens=True)
+        text = tokenizer.decode(tokens[self.prefix :], skip_special_tokens=True)
+        if len(text) <= len(seen) or text.endswith("\ufffd"):  # nothing new yet, or half a character
+            return ""
+        self.prefix, self.read = self.read, len(tokens)
+        return text[len(seen) :]
+
+
+@dataclass
+class Batch:
+    """The jobs being decoded together, row by row: their KV cache, mask and the logits of their next
+    token. Rows join (`merge`) and leave (`keep`) between steps, so a request never waits for a batch to
+    finish before it starts, and a finished one never holds a row."""
+
+    jobs: list[Job]
+    names: list[str]  # each row's adapter (PEFT's name), BASE_ROW for none
+    cache: Any  # the model's DynamicCache, rows in the order of `jobs`
+    mask: torch.Tensor  # [rows, positions]: 1 where the cache holds a token of the row
+    logits: torch.Tensor  # [rows, vocabulary]: of each row's next token
+    generators: list[torch.Generator | None]
+    matchers: list[Any]
+    texts: list[Detokenizer]
+
+    @property
+    def joinable(self) -> bool:
+        """Rows can join only a cache of plain growing layers (not sliding windows, not quantized)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in getattr(self.cache, "layers", [None]))
+
+    def advance(self, engine: TransformersEngine) -> list[int]:
+        """Every row's next token, added to its job (which may end with it)."""
+        eos = engine.stop_tokens()
+        chosen = []
+        for row, job in enumerate(self.jobs):
+            matcher = self.matchers[row]
+            token = choose(constrained(self.logits[row], matcher), job, self.generators[row])
+            chosen.append(token)
+            engine.step(job, token, eos, self.texts[row])
+            if matcher is not None and job.finish_reason is None:
+                matcher.accept_token(token)
+                if matcher.is_terminated():  # the grammar is complete: nothing may follow
+                    engine.end(job, "stop")
+        return chosen
+
+    def forward(self, engine: TransformersEngine, tokens: list[int]) -> None:
+        ones = torch.ones((len(self.jobs), 1), dtype=self.mask.dtype, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], 1)
+        output = engine.model(
+            input_ids=torch.tensor(tokens, device=self.mask.device).unsqueeze(1),
+            attention_mask=self.mask,
+            position_ids=self.mask.sum(-1, keepdim=True) - 1,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **engine.adapter_rows(self.names),
+        )
+        self.cache, self.logits = output.cache, output.logits[:, -1, :].float()
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows go on; positions no remaining row uses are cut from the front."""
+        index = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.logits = self.mask[index], self.logits[index]
+        for name in ("jobs", "names", "generators", "matchers", "texts"):
+            setattr(self, name, [getattr(self, name)[row] for row in rows])
+        first = int(self.mask.any(0).int().argmax())
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+
+    def merge(self, other: Batch) -> Batch:
+        """One batch of both: the shorter's cache and mask left-padded (masked out) to the longer's."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([left_pad(mine.keys, width), left_pad(theirs.keys, width)], 0)
+            mine.values = torch.cat([left_pad(mine.values, width), left_pad(theirs.values, width)], 0)
+        self.mask = torch.cat([left_pad(self.mask, width), left_pad(other.mask, width)], 0)
+        self.logits = torch.cat([self.logits, other.logits], 0)
+        for name in ("jobs", "names", "generators", "matchers", "texts"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+
+def left_pad(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros before the positions (dimension -2 of a cache's [rows, heads, positions, dim], -1 of a mask)."""
+    dim = -1 if values.dim() == 2 else -2
+    missing = width - values.shape[dim]
+    if missing == 0:
+        return values
+    shape = list(values.shape)
+    shape[dim] = missing
+    return torch.cat([values.new_zeros(shape), values], dim)
+
+
+class Engine(Protocol):
+    """What the HTTP side needs of an engine; `transformers` (here), `vllm` and `llama.cpp` provide it."""
+
+    tokenizer: Any  # renders chat prompts and counts their tokens
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the jobs in flight and queued, then stop."""
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (its callbacks are then called from the engine's thread); QueueFull when full."""
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting."""
+
+    def compile(self, schema: str | None) -> Any:
+        """What `Job.grammar` holds for a JSON Schema's text (any JSON object when None); may take a while,
+        so it is called off the event loop."""
+
+
 class TransformersEngine:
     def __init__(
         self,
@@ -81,7 +212,9 @@ class TransformersEngine:
         self.device = next(model.parameters()).device
         self.running = False
         self.thread: threading.Thread | None = None
-        self.batches = 0
+        self.batches = 0  # prefills: groups of requests that started together
+        self.joined = 0  # requests that joined a batch already decoding
+        self._grammars: Grammars | None = None
 
     # Lifecycle -----------------------------------------------------------------------------------------
 
@@ -106,26 +239,67 @@ class TransformersEngine:
     def depth(self) -> int:
         return self.queue.qsize()
 
+    def compile(self, schema: str | None) -> Any:
+        """The xgrammar grammar of a response_format (compiler made on first use: it reads the vocabulary)."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self.base.get_output_embeddings().weight.shape[0])
+        return self._grammars.get(schema)
+
     def loop(self) -> None:
-        while self.running or not self.queue.empty():
+        batch: Batch | None = None
+        while self.running or not self.queue.empty() or batch is not None:
             try:
-                first = self.queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self.run(batch)
-            except Exception as exc:  # one bad batch fails its requests, never the server
+                batch = self.iterate(batch)
+            except Exception as exc:  # a failed step fails the requests in it, never the server
                 logger.exception("generation failed")
-                for job in batch:
-                    if job.finish_reason is None:
-                        job.error = f"{type(exc).__name__}: {exc}"
-                        self.end(job, "error")
+                for job in batch.jobs if batch is not None else []:
+                    self.fail(job, exc)
+                batch = None
+
+    def iterate(self, batch: Batch | None) -> Batch | None:
+        """One step of continuous batching: admit waiting jobs (a prefill of theirs joins the batch in
+        flight), pick every row's next token, drop the rows that ended, and run the others one step on."""
+        room = self.max_batch if batch is None else self.max_batch - len(batch.jobs) if batch.joinable else 0
+        arrived = self.take(room, wait=batch is None)
+        if arrived:
+            try:
+                joining = self.prefill(arrived, batch)
+            except Exception as exc:  # the newcomers fail; the batch in flight goes on
+                logger.exception("prefill failed")
+                for job in arrived:
+                    self.fail(job, exc)
+                joining = None
+            if joining is not None:
+                if batch is not None:
+                    self.joined += len(arrived)
+                batch = joining if batch is None else batch.merge(joining)
+        if batch is None:
+            return None
+        with torch.inference_mode():
+            chosen = batch.advance(self)
+            live = [row for row, job in enumerate(batch.jobs) if job.finish_reason is None]
+            if not live:
+                return None
+            if len(live) < len(batch.jobs):
+                batch.keep(live)
+                chosen = [chosen[row] for row in live]
+            batch.forward(self, chosen)
+        return batch
+
+    def take(self, room: int, wait: bool) -> list[Job]:
+        """Up to `room` queued jobs; waits a little for the first only when nothing is in flight."""
+        jobs: list[Job] = []
+        while len(jobs) < room:
+            try:
+                jobs.append(self.queue.get(timeout=0.05) if wait and not jobs else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
+    def fail(self, job: Job, exc: Exception) -> None:
+        if job.finish_reason is None:
+            job.error = f"{type(exc).__name__}: {exc}"
+            self.end(job, "error")
 
     # Adapters ------------------------------------------------------------------------------------------
 
@@ -168,53 +342,43 @@ class TransformersEngine:
 
     # Decoding ------------------------------------------------------------------------------------------
 
-    def run(self, batch: list[Job]) -> None:
+    def prefill(self, jobs: list[Job], flight: Batch | None) -> Batch:
+        """The newcomers' prompts through the model together (left-padded): their KV cache and the logits
+        of their first token, as a batch of their own that joins the one in flight."""
         self.batches += 1
-        in_use = {job.target.key for job in batch}
-        names = [self.adapter(job.target, in_use) for job in batch]
-        extra = {"adapter_names": names} if self.model is not self.base else {}
-        width = max(len(job.prompt_ids) for job in batch)
+        in_use = {job.target.key for job in jobs} | ({j.target.key for j in flight.jobs} if flight else set())
+        names = [self.adapter(job.target, in_use) for job in jobs]
+        width = max(len(job.prompt_ids) for job in jobs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, job in enumerate(batch):
+        input_ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, job in enumerate(jobs):
             input_ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids) :] = 1
             job.started = time.perf_counter()
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        generators = [seeded(job.seed) for job in batch]
-        matchers = [grammar_matcher(job.grammar) for job in batch]
-        eos = self.stop_tokens()
         with torch.inference_mode():
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             output = self.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's: the whole prompt's would be [rows, width, vocab]
+                **self.adapter_rows(names),
             )
-            for _ in range(max(job.max_tokens for job in batch)):
-                logits = output.logits[:, -1, :].float()
-                chosen = [
-                    choose(constrained(logits[row], matchers[row]), job, generators[row])
-                    for row, job in enumerate(batch)
-                ]
-                for job, token, matcher in zip(batch, chosen, matchers, strict=True):
-                    if job.finish_reason is None:
-                        self.step(job, token, eos)
-                        if matcher is not None and job.finish_reason is None:
-                            matcher.accept_token(token)
-                            if matcher.is_terminated():  # the grammar is complete: nothing may follow
-                                self.end(job, "stop")
-                if all(job.finish_reason is not None for job in batch):
-                    break
-                mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=self.device)], 1)
-                positions = mask.sum(-1, keepdim=True) - 1
-                output = self.model(
-                    input_ids=torch.tensor(chosen, device=self.device).unsqueeze(1),
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=output.past_key_values,
-                    use_cache=True,
-                    **extra,
-                )
+        return Batch(
+            jobs,
+            names,
+            output.cache,
+            mask,
+            output.logits[:, -1, :].float(),
+            [seeded(job.seed) for job in jobs],
+            [grammar_matcher(job.grammar) for job in jobs],
+            [Detokenizer() for _ in jobs],
+        )
+
+    def adapter_rows(self, names: list[str]) -> dict[str, Any]:
+        return {"adapter_names": names} if self.model is not self.base else {}
 
     def stop_tokens(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -222,24 +386,25 @@ class TransformersEngine:
         ids.update(configured if isinstance(configured, list) else [configured])
         return {token for token in ids if token is not None}
 
-    def step(self, job: Job, token: int, eos: set[int]) -> None:
+    def step(self, job: Job, token: int, eos: set[int], text: Detokenizer) -> None:
         """Add one token to a job: stream its text, end it on an end token, a stop string or its length."""
         if token in eos:
             self.end(job, "stop")
             return
         job.tokens.append(token)
-        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
-        for stop in job.stop:
-            cut = text.find(stop)
+        before = len(job.text)
+        job.text += text.add(self.tokenizer, job.tokens)
+        longest = max((len(stop) for stop in job.stop), default=0)
+        for stop in job.stop:  # only where the new text could have completed one
+            cut = job.text.find(stop, max(0, before - longest))
             if cut >= 0:
-                job.text = text[:cut]
+                job.text = job.text[:cut]
                 self.end(job, "stop")
                 return
-        job.text = text
-        held = max((len(stop) - 1 for stop in job.stop), default=0)  # a stop string may be half-way out
-        ready = len(text) - held if not text.endswith("\ufffd") else text.rfind("\ufffd")
+        held = max(longest - 1, 0)  # a stop string may be half-way out
+        ready = len(job.text) - held
         if job.on_text is not None and ready > job.sent:
-            job.on_text(text[job.sent : ready])
+            job.on_text(job.text[job.sent : ready])
             job.sent = ready
         if len(job.tokens) >= job.max_tokens:
             self.end(job, "length")
