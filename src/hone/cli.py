@@ -52,6 +52,10 @@ registry_app = typer.Typer(
     no_args_is_help=True, help="Model versions with lineage, aliases moved through a gate, rollback."
 )
 app.add_typer(registry_app, name="registry")
+feedback_app = typer.Typer(
+    help="Feedback on served answers (POST /v1/feedback), beside the request log.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 Overrides = Annotated[
@@ -380,6 +384,79 @@ def serve(
     from hone.serve import run_server
 
     run_server(load_serve_config(config, overrides), console)
+
+
+ServeConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Serve config (configs/serve.yaml).")]
+SinceOption = Annotated[
+    str | None, typer.Option("--since", help="The window: 30m, 24h, 7d; default monitor.since.")
+]
+
+
+@app.command("monitor")
+def monitor(
+    config: ServeConfigOption,
+    since: SinceOption = None,
+    as_json: JsonOption = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Exit with code 1 when a threshold (monitor.thresholds) is breached."),
+    ] = False,
+    prometheus: Annotated[
+        Path | None, typer.Option("--prometheus", help="Also write the figures here as Prometheus text.")
+    ] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Requests, errors, latency, feedback, online checks and input drift per route and version; canaries
+    judged against production."""
+    from hone.config import load_serve_config
+    from hone.monitor.run import monitor as measure
+    from hone.monitor.run import print_monitoring, write_prometheus
+
+    result = measure(load_serve_config(config, overrides), since)
+    if prometheus is not None:
+        write_prometheus(result, prometheus)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_monitoring(result, console)
+    if check and result.breaches:
+        raise typer.Exit(1)
+
+
+@feedback_app.command("list")
+def feedback_list(
+    config: ServeConfigOption,
+    since: SinceOption = None,
+    as_json: JsonOption = False,
+    overrides: Overrides = None,
+) -> None:
+    """Feedback in the window, newest last: the rating, the version rated, and whether it has a correction."""
+    from hone.config import load_serve_config
+    from hone.monitor.feedback import list_feedback, print_feedback
+
+    rows = list_feedback(load_serve_config(config, overrides), since)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print_feedback(rows, console)
+
+
+@feedback_app.command("show")
+def feedback_show(
+    id: Annotated[str, typer.Argument(help="A feedback id (fb-...) or the response id it rates.")],
+    config: ServeConfigOption,
+    as_json: JsonOption = False,
+    overrides: Overrides = None,
+) -> None:
+    """One rated response in full: the request, the answer, each rating, correction and comment."""
+    from hone.config import load_serve_config
+    from hone.monitor.feedback import print_rated, rated_response
+
+    shown = rated_response(load_serve_config(config, overrides), id)
+    if as_json:
+        print(json.dumps(shown, indent=2, default=str))
+    else:
+        print_rated(shown, console)
 
 
 @app.command("serve-key")

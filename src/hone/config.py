@@ -628,11 +628,62 @@ class ServeConfig(Strict):
     )
 
 
+class MonitorThresholds(Strict):
+    """Where `hone monitor --check` fails; None leaves a check out."""
+
+    error_rate: float | None = Field(0.05, ge=0, le=1, description="Most failed requests, as a share.")
+    p95_latency_seconds: float | None = Field(60.0, gt=0, description="Slowest 95th-percentile latency.")
+    json_valid: float | None = Field(
+        0.95, ge=0, le=1, description="Least share of answers that parse as JSON (with monitor.json_schema)."
+    )
+    schema_valid: float | None = Field(
+        0.95, ge=0, le=1, description="Least share of answers that follow monitor.json_schema."
+    )
+    regex: float | None = Field(0.9, ge=0, le=1, description="Least share of answers matching monitor.regex.")
+    mean_rating: float | None = Field(
+        0.5, ge=0, le=1, description="Least mean feedback score (down 0, up 1; 1-5 mapped onto 0-1)."
+    )
+    drift_p_value: float | None = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Input drift: the significance either test (MMD two-sample, or the share of prompts "
+        "outside the split against its expected 5%) must reach.",
+    )
+    drift_share: float | None = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Input drift: most share of prompts farther from the training split than its own 95th "
+        "percentile (about 0.05 without drift).",
+    )
+
+
+class MonitorConfig(Strict):
+    json_schema: Path | None = Field(
+        None, description="JSON Schema every answer should follow: answers are checked as they are served."
+    )
+    regex: str | None = Field(None, description="A pattern every good answer matches (checked online).")
+    train_split: Path | None = Field(
+        None, description="The training examples recent prompts are compared with for input drift."
+    )
+    since: str = Field(
+        "24h", pattern=r"^[0-9]+(\.[0-9]+)?[smhdw]$", description="Default window (30m, 24h, 7d)."
+    )
+    min_requests: int = Field(
+        30, ge=1, le=1_000_000, description="Requests a version needs before its rates are judged."
+    )
+    thresholds: MonitorThresholds = Field(default_factory=MonitorThresholds, description="`--check` limits.")
+
+
 class ServeFile(Strict):
     """`hone serve -c FILE`: the base model, the server and the registry's store."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The server.")
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig, description="Online checks, drift and thresholds (`hone monitor`)."
+    )
     track: TrackConfig = Field(
         default_factory=TrackConfig, description="The MLflow store the registry is in."
     )

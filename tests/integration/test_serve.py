@@ -444,3 +444,40 @@ def test_promote_and_rollback_under_concurrent_load_fail_no_request(
     assert results and all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:3]
     versions = [version for _, version in results]
     assert versions[0] == "support/1" and versions[-1] == "support/1" and "support/2" in versions
+
+
+def test_feedback_is_checked_stored_redacted_and_counted(store: dict[str, Any], tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"
+    team = {"type": "object", "properties": {"team": {"enum": ["billing", "bug"]}}, "required": ["team"],
+            "additionalProperties": False}  # fmt: skip
+    schema.write_text(json.dumps(team))
+    config = {**settings(store, tmp_path), "monitor": {"json_schema": str(schema)}}
+    form = {"type": "json_schema", "json_schema": {"name": "t", "schema": team}}
+    with serving(config) as (url, server):
+        answered = chat(url, "support/2", user="u7")[1]["id"]
+        as_json = chat(url, "support/1", max_tokens=32, response_format=form)[1]["id"]
+        good = {"id": answered, "rating": "down", "correction": '{"team": "billing"} mail a@b.io',
+                "comment": "wrong team"}  # fmt: skip
+        status, body, _ = call(url, "/v1/feedback", good)
+        assert status == 200 and body["object"] == "feedback" and body["id"].startswith("fb-")
+        assert call(url, "/v1/feedback", {"id": as_json, "rating": 5})[0] == 200
+        assert call(url, "/v1/feedback", {"id": "chatcmpl-nope", "rating": "up"})[0] == 404
+        for bad, param in (
+            ({"rating": "up"}, "id"),
+            ({"id": answered, "rating": 6}, "rating"),
+            ({"id": answered, "rating": "meh"}, "rating"),
+            ({"id": answered, "rating": True}, "rating"),
+            ({"id": answered, "rating": 3, "correction": ["x"]}, "correction"),
+        ):
+            status, body, _ = call(url, "/v1/feedback", bad)
+            assert status == 400 and body["error"]["param"] == param, (bad, body)
+        metrics = call(url, "/metrics")[1]
+        rows = server.log.feedback()
+    assert [(row["version"], row["rating"], row["score"]) for row in rows] == [
+        ("support/2", "down", 0.0),
+        ("support/1", "5", 1.0),
+    ]
+    assert rows[0]["correction"] == '{"team": "billing"} mail [EMAIL]' and rows[0]["comment"] == "wrong team"
+    assert 'hone_feedback_total{rating="down",version="support/2"} 1.0' in metrics
+    assert 'hone_online_checks_total{check="schema_valid",result="pass",version="support/1"} 1.0' in metrics
+    assert 'hone_online_checks_total{check="json_valid",result="fail",version="support/2"}' in metrics

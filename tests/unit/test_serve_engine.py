@@ -69,7 +69,8 @@ def test_requests_join_a_batch_in_flight_and_answer_as_alone(model: tuple[Any, A
 
     def jobs() -> list[Job]:
         long = Job(prompt(tokenizer, "Tell me everything about invoices"), BASE, max_tokens=120)
-        return [long, *(Job(prompt(tokenizer, text), BASE, max_tokens=8 + 4 * i) for i, text in enumerate(texts))]
+        short = [Job(prompt(tokenizer, text), BASE, max_tokens=8 + 4 * i) for i, text in enumerate(texts)]
+        return [long, *short]
 
     alone = []
     for job in jobs():

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hone.config import ServeConfig, ServeFile
 from hone.errors import HoneError
+from hone.serve.checks import OnlineChecks
 from hone.serve.engine import Engine, Job, QueueFull
 from hone.serve.log import RequestLog
 from hone.serve.models import Resolver, Target, UnknownModel
@@ -60,6 +61,8 @@ class Metrics:
     latency: Histogram
     tokens: Counter
     queue: Gauge
+    feedback: Counter
+    checks: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -72,6 +75,15 @@ class Metrics:
             Histogram("hone_request_seconds", "Request latency by version.", ["version"], registry=registry),
             Counter("hone_tokens", "Tokens by version and kind.", ["version", "kind"], registry=registry),
             Gauge("hone_queue_depth", "Requests waiting for the engine.", registry=registry),
+            Counter(
+                "hone_feedback", "Feedback by version and rating.", ["version", "rating"], registry=registry
+            ),
+            Counter(
+                "hone_online_checks",
+                "Answers by version, online check (monitor.json_schema, monitor.regex) and result.",
+                ["version", "check", "result"],
+                registry=registry,
+            ),
         )
 
 
@@ -82,6 +94,7 @@ class Server:
     resolver: Resolver
     log: RequestLog
     metrics: Metrics
+    checks: OnlineChecks = field(default_factory=lambda: OnlineChecks(None, False, None))
     ready: bool = False
 
     def grammar(self, schema: str | None) -> Any:
@@ -310,7 +323,44 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(400, "prompt must be a string", param="prompt")
         return await complete(server, body, "text", prompt)
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        row = feedback_row(await read_json(server, request))
+        answered = await asyncio.to_thread(server.log.request, row["response_id"])
+        if answered is None:
+            missing = f"no response {row['response_id']} in the request log"
+            raise ApiError(404, missing, "not_found_error", "id")
+        await asyncio.to_thread(server.log.add_feedback, **row)
+        server.metrics.feedback.labels(answered["version"] or "", row["rating"]).inc()
+        return JSONResponse({"id": row["id"], "object": "feedback", "response_id": row["response_id"]})
+
     return app
+
+
+MAX_FEEDBACK_TEXT = 100_000  # characters of a correction or a comment
+
+
+def feedback_row(body: dict[str, Any]) -> dict[str, Any]:
+    """A feedback body checked: `id` (the response's), `rating` ("up", "down" or 1 to 5), optional
+    `correction` (the answer it should have given), `comment` and `user`."""
+    response_id = body.get("id", body.get("response_id"))
+    if not isinstance(response_id, str) or not response_id or len(response_id) > 64:
+        raise ApiError(400, "id must be the id of a response from this server", param="id")
+    rating = body.get("rating")
+    if rating in ("up", "down"):
+        score = 1.0 if rating == "up" else 0.0
+    elif isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
+        score, rating = (rating - 1) / 4, str(rating)
+    else:
+        raise ApiError(400, 'rating must be "up", "down" or an integer from 1 to 5', param="rating")
+    row: dict[str, Any] = {"id": f"fb-{uuid.uuid4().hex}", "response_id": response_id, "rating": rating,
+                           "score": score}  # fmt: skip
+    for name, limit in (("correction", MAX_FEEDBACK_TEXT), ("comment", MAX_FEEDBACK_TEXT), ("user", 256)):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise ApiError(400, f"{name} must be text of at most {limit:,} characters", param=name)
+        row[name] = value
+    return row
 
 
 async def complete(server: Server, body: dict[str, Any], kind: str, prompt: Any) -> Response:
@@ -443,6 +493,9 @@ class Record:
         metrics.latency.labels(label).observe(seconds)
         metrics.tokens.labels(label, "prompt").inc(self.prompt_tokens)
         metrics.tokens.labels(label, "completion").inc(len(job.tokens))
+        if job.error is None:
+            for check, passed in self.server.checks(job.text).items():
+                metrics.checks.labels(label, check, "pass" if passed else "fail").inc()
         self.server.log.write(
             id=self.id,
             endpoint=self.kind,

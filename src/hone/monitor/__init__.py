@@ -1,0 +1,1 @@
+"""Operating what is served: monitoring the request log, input drift, the canary comparison."""
