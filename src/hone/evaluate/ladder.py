@@ -36,6 +36,7 @@ from hone.evaluate.likelihood import reference_loss
 from hone.evaluate.scoring import ExampleScores, MetricSpec, load_scorer, score_examples, task_metric_names
 from hone.evaluate.stats import bootstrap_interval, flips, paired_bootstrap
 from hone.evaluate.task import Answers, answer_all, load_schema
+from hone.evaluate.vllm import VllmRungs, check_candidates, ladder_engine
 from hone.io import atomic_write_jsonl
 from hone.models.resolve import load_model, load_tokenizer, local_inference, resolve_model, weights_policy
 from hone.models.trained import check_weights, trained_model
@@ -113,6 +114,8 @@ def prepare(config: HoneConfig, candidates: list[Path], names: dict[Path, str] |
         for folder in (candidate.weights, *([candidate.base] if candidate.kind != "full" else [])):
             check_weights(folder)
             weights_policy(folder, config.model)
+    if settings.engine == "vllm":
+        check_candidates(config, runs)
     spec = MetricSpec(
         names=list(settings.metrics),
         json_schema=load_schema(settings.json_schema),
@@ -146,12 +149,14 @@ def run_ladder(inputs: LadderInputs, run: RunFolder, console: Console) -> Ladder
     """Evaluate every rung, write ladder.json, report.html and predictions into `run`; return the ladder."""
     settings = inputs.config.evaluate
     rungs: list[Rung] = []
-    base_general = prompting_rungs(inputs, rungs, console)
-    if base_general is not None:
-        for rung in rungs:  # prompting leaves the weights alone: the base's figures, unchanged
-            rung.general = base_general.against(base_general)
-    for candidate in inputs.candidates:
-        rungs.append(fine_tuned_rung(inputs, candidate, base_general, console))
+    # before any model is loaded here: vLLM takes its share of the GPU's memory when it starts
+    with ladder_engine(inputs.config, inputs.candidates, run.path / "vllm.log") as engine:
+        base_general = prompting_rungs(inputs, rungs, console, engine)
+        if base_general is not None:
+            for rung in rungs:  # prompting leaves the weights alone: the base's figures, unchanged
+                rung.general = base_general.against(base_general)
+        for candidate in inputs.candidates:
+            rungs.append(fine_tuned_rung(inputs, candidate, base_general, console, engine))
     for api in settings.api:
         prompts = [prompt_messages(e.messages) for e in inputs.test]
         answers = answer_with_api(api, prompts, settings.max_new_tokens, console)
@@ -193,13 +198,19 @@ def add_judge_scores(inputs: LadderInputs, rungs: list[Rung], console: Console) 
         rung.scores.names.append("judge")
 
 
-def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -> General | None:
-    """Zero-shot, few-shot and RAG on the base model (loaded once), and the base's general check."""
+def prompting_rungs(
+    inputs: LadderInputs, rungs: list[Rung], console: Console, engine: VllmRungs | None = None
+) -> General | None:
+    """Zero-shot, few-shot and RAG on the base model (loaded once, unless `engine` generates and nothing
+    needs its logits), and the base's general check."""
     config, settings = inputs.config, inputs.config.evaluate
     model_path = resolve_model(config.model.reference)
-    device, dtype = local_inference(settings.precision)
-    model = load_model(model_path, dtype, device, opt_in=config.model)
     tokenizer = load_tokenizer(model_path, config.model)
+    general_check_wanted = bool(inputs.candidates) and settings.general.enabled
+    model = None
+    if needs_model_here(settings, engine, general_check_wanted):
+        device, dtype = local_inference(settings.precision)
+        model = load_model(model_path, dtype, device, opt_in=config.model)
     for name in prompting_rung_names(settings):
         if name == "zero-shot":
             prompt_rung = baselines.zero_shot(inputs.test)
@@ -207,8 +218,16 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
             prompt_rung = baselines.few_shot(inputs.train, inputs.test, settings.few_shot, settings.seed)
         else:
             prompt_rung = baselines.rag(inputs.test, settings.rag)
+        generate = engine.generator(None, tokenizer) if engine else None
         answers = answer_all(
-            name, model, tokenizer, prompt_rung.prompts, settings.max_new_tokens, settings.batch_size, console
+            name,
+            model,
+            tokenizer,
+            prompt_rung.prompts,
+            settings.max_new_tokens,
+            settings.batch_size,
+            console,
+            generate,
         )
         reference = reference_figures(inputs, model, tokenizer, prompt_rung.prompts)
         rungs.append(
@@ -224,11 +243,17 @@ def prompting_rungs(inputs: LadderInputs, rungs: list[Rung], console: Console) -
             )
         )
     general = None
-    if inputs.candidates and settings.general.enabled:
+    if general_check_wanted:
         general = measure_general(config, "base model", model, tokenizer, console)
     del model  # the base leaves memory before a candidate is loaded
     gc.collect()
     return general
+
+
+def needs_model_here(settings: Any, engine: VllmRungs | None, general_check: bool) -> bool:
+    """Whether a rung loads its model in this process: to generate (no engine), or for what only its logits
+    give (the general check, reference loss)."""
+    return engine is None or settings.reference_loss or general_check
 
 
 def prompting_rung_names(settings: Any) -> list[str]:
@@ -237,14 +262,30 @@ def prompting_rung_names(settings: Any) -> list[str]:
 
 
 def fine_tuned_rung(
-    inputs: LadderInputs, candidate: FinishedRun, base_general: General | None, console: Console
+    inputs: LadderInputs,
+    candidate: FinishedRun,
+    base_general: General | None,
+    console: Console,
+    engine: VllmRungs | None = None,
 ) -> Rung:
     settings = inputs.config.evaluate
-    device, dtype = local_inference(settings.precision)
-    model, tokenizer = trained_model(candidate, dtype, device, inputs.config.model)
+    model = None
+    if needs_model_here(settings, engine, base_general is not None):
+        device, dtype = local_inference(settings.precision)
+        model, tokenizer = trained_model(candidate, dtype, device, inputs.config.model)
+    else:
+        tokenizer = load_tokenizer(candidate.weights, inputs.config.model)  # as trained_model loads it
     prompts = [prompt_messages(e.messages) for e in inputs.test]
+    generate = engine.generator(candidate, tokenizer) if engine else None
     answers = answer_all(
-        candidate.name, model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, console
+        candidate.name,
+        model,
+        tokenizer,
+        prompts,
+        settings.max_new_tokens,
+        settings.batch_size,
+        console,
+        generate,
     )
     reference = reference_figures(inputs, model, tokenizer, prompts)
     general = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,9 @@ from rich.console import Console
 from hone.errors import HoneError
 from hone.evaluate.generate import Generation, generate_chat
 from hone.progress import StepProgress
+
+# Another engine's generation for answer_all: (prompts, advance the progress by n) -> one reply per prompt
+Generate = Callable[[Sequence[list[dict[str, Any]]], Callable[[int], None]], list[Generation]]
 
 
 @dataclass
@@ -45,18 +48,18 @@ def answer_all(
     max_new_tokens: int,
     batch_size: int,
     console: Console,
+    generate: Generate | None = None,
 ) -> Answers:
-    """Greedy answers to every prompt, batched, with progress shown under the rung's name."""
+    """Greedy answers to every prompt, with progress shown under the rung's name: batched by `model` in this
+    process, or by `generate` (another engine; `model` is then unused)."""
     with StepProgress(console, label, len(prompts), transient=True) as progress:
         began = time.perf_counter()
-        generations = generate_chat(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens,
-            batch_size,
-            on_batch=progress.advance,
-        )
+        if generate is not None:
+            generations = generate(prompts, progress.advance)
+        else:
+            generations = generate_chat(
+                model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=progress.advance
+            )
         seconds = time.perf_counter() - began
     console.print(f"  {label}: {len(prompts)} answers in {seconds:.0f} s")
     return Answers(generations, seconds)
