@@ -1,14 +1,18 @@
 """python benchmarks/serve_load.py [--model smollm2-135m-instruct] [--clients 1 8 32] [--max-tokens 64]
                                   [--servers hone transformers] [--requests 2]
+                                  [--engine transformers llama.cpp]
 
 Load on an OpenAI-compatible server over loopback, side by side in one run:
   hone           `hone serve` (requests batched together, up to serve.max_batch)
   transformers   `transformers serve MODEL` (the HF stack's own server), at the same dtype
+`--engine` runs `hone serve` once per engine named (`serve.engine`): `hone` is the transformers engine,
+`hone[llama.cpp]` the llama.cpp one (its default Q4_K_M GGUF, made before the server is ready).
 Each server runs as its own process on a free 127.0.0.1 port. For each number of concurrent clients,
 every client sends `--requests` chat completions one after another (clients x requests in all, at least
 8): the example task's test prompts, greedy, the same `max_tokens`. Reported per server and client count:
 completed requests/s, output tokens/s (from each reply's usage), p50 and p99 latency, errors, the server
-process's resident memory before and after; and hone's output tokens/s over transformers serve's.
+process's resident memory before and after; and hone's output tokens/s over transformers serve's (and
+each other engine's over hone's transformers engine).
 """
 
 from __future__ import annotations
@@ -63,10 +67,12 @@ def post(url: str, body: dict[str, Any], timeout: float = 600) -> tuple[int, dic
 
 def command(server: str, model: str, port: int, dtype: str, folder: Path) -> tuple[list[str], str, str]:
     """(the command line, the health path, the `model` a request names) of one server."""
-    if server == "hone":
+    if server == "hone" or server.startswith("hone["):
+        engine = server.removeprefix("hone[").removesuffix("]") if "[" in server else "transformers"
         config = folder / "serve.yaml"
-        serve = {"host": "127.0.0.1", "port": port, "max_batch": 32, "max_queue": 1024, "max_tokens": 4096,
-                 "precision": dtype, "request_log": f"sqlite:///{folder / 'requests.db'}"}  # fmt: skip
+        serve = {"engine": engine, "host": "127.0.0.1", "port": port, "max_batch": 32, "max_queue": 1024,
+                 "max_tokens": 4096, "precision": dtype,
+                 "request_log": f"sqlite:///{folder / 'requests.db'}"}  # fmt: skip
         config.write_text(yaml.safe_dump({"model": {"reference": model}, "serve": serve}))
         hone = [sys.executable, "-c", "from hone.cli import main; main()"]
         line = [*hone, "serve", "-c", str(config), f"track.uri=sqlite:///{folder / 'mlflow.db'}"]
@@ -173,9 +179,17 @@ def load(
 
 
 def run(
-    servers: list[str], model: str, clients: list[int], requests: int, max_tokens: int, dtype: str
+    servers: list[str],
+    model: str,
+    clients: list[int],
+    requests: int,
+    max_tokens: int,
+    dtype: str,
+    engines: tuple[str, ...] = ("transformers",),
 ) -> dict[str, Any]:
     chats = prompts()
+    hone = ["hone" if engine == "transformers" else f"hone[{engine}]" for engine in engines]
+    servers = [name for server in servers for name in (hone if server == "hone" else [server])]
     results: dict[str, list[dict[str, Any]]] = {}
     for server in servers:
         with running(server, model, dtype) as (url, name, pid):
@@ -193,7 +207,15 @@ def run(
                 ratios[mine["clients"]] = (
                     mine["output_tokens_per_second"] / theirs["output_tokens_per_second"]
                 )
-    return {"model": model, "max_tokens": max_tokens, "dtype": dtype, "results": results, "ratios": ratios}
+    engine_ratios: dict[str, dict[int, float]] = {}  # another engine's output tokens/s over transformers'
+    for server in [name for name in results if name.startswith("hone[") and "hone" in results]:
+        engine_ratios[server] = {
+            mine["clients"]: mine["output_tokens_per_second"] / theirs["output_tokens_per_second"]
+            for mine, theirs in zip(results[server], results["hone"], strict=True)
+            if theirs["output_tokens_per_second"]
+        }
+    return {"model": model, "max_tokens": max_tokens, "dtype": dtype, "results": results, "ratios": ratios,
+            "engine_ratios": engine_ratios}  # fmt: skip
 
 
 def main() -> None:
@@ -206,9 +228,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="Requests per client (at least 8 in all).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument(
+        "--engine", nargs="+", default=["transformers"], choices=["transformers", "llama.cpp", "vllm"],
+        help="hone serve's engines, one server each (the `hone` of --servers).",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
-    report = run(args.servers, args.model, args.clients, args.requests, args.max_tokens, args.dtype)
+    report = run(
+        args.servers, args.model, args.clients, args.requests, args.max_tokens, args.dtype, tuple(args.engine)
+    )
     columns = "server | clients | requests | req/s | output tok/s | p50 s | p99 s | errors | RSS MiB"
     print(f"| {columns} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -222,6 +250,9 @@ def main() -> None:
             )
     for clients, ratio in report["ratios"].items():
         print(f"hone / transformers serve, output tokens/s at {clients} clients: {ratio:.2f}x")
+    for server, ratios in report["engine_ratios"].items():
+        for clients, ratio in ratios.items():
+            print(f"{server} / hone (transformers), output tokens/s at {clients} clients: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

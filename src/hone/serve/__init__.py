@@ -28,6 +28,7 @@ def loopback(host: str) -> bool:
 def build_server(settings: ServeFile) -> Any:
     """The engine (the base model loaded), the resolver, the log and the FastAPI app."""
     from hone.serve.app import Metrics, Server, create_app
+    from hone.serve.checks import OnlineChecks
     from hone.serve.log import RequestLog
     from hone.serve.models import Resolver
 
@@ -37,9 +38,10 @@ def build_server(settings: ServeFile) -> Any:
             f"serve.host: {serve.host} is reachable from other machines; set serve.api_key_sha256 "
             "(`hone serve-key` makes a key) or listen on 127.0.0.1"
         )
+    checks = OnlineChecks.from_config(settings.monitor)  # a bad schema fails before the model loads
     engine = create_engine(settings)
     server = Server(settings, engine, Resolver(settings), RequestLog(serve.request_log, serve.redact_pii),
-                    Metrics.create())  # fmt: skip
+                    Metrics.create(), checks)  # fmt: skip
     app = create_app(server)
 
     @asynccontextmanager

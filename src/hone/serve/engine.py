@@ -363,7 +363,7 @@ class TransformersEngine:
                 attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
-                logits_to_keep=1,  # only the last position's: the whole prompt's would be [rows, width, vocab]
+                logits_to_keep=1,  # the last position only: all of them would be [rows, width, vocabulary]
                 **self.adapter_rows(names),
             )
         return Batch(
