@@ -318,6 +318,10 @@ def registry_promote(
     overrides: Overrides = None,
     force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses.")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (required with --force).")] = None,
+    against: Annotated[
+        str | None,
+        typer.Option("--against", help="Judge it against this alias's holder (staging vs production)."),
+    ] = None,
     uri: StoreOption = None,
 ) -> None:
     """Move an alias to a version through the gate (target, holder, general capability, servable). Exit 1
@@ -327,16 +331,14 @@ def registry_promote(
     from hone.registry.show import print_gate
     from hone.registry.store import Registry
 
-    outcome = promote(Registry(uri), parse_ref(ref), to, console, config, overrides, force, reason)
+    outcome = promote(Registry(uri), parse_ref(ref), to, console, config, overrides, force, reason, against)
     if outcome.record is None:
         console.print(f"{outcome.candidate.ref} already holds {to}; nothing to do")
         return
     print_gate(outcome, console)
     name = outcome.candidate.name
     if outcome.record.action == "refuse":
-        errors.print(
-            f"[red]refused[/]: {name}@{to} stays at {outcome.holder.version if outcome.holder else 'none'}"
-        )
+        errors.print(f"[red]refused[/]: {name}@{to} stays at {outcome.record.from_version or 'none'}")
         raise typer.Exit(1)
     forced = " [yellow](forced past the gate)[/]" if outcome.record.action == "force" else ""
     console.print(f"[green]promoted[/] {outcome.candidate.ref} -> {name}@{to}{forced}")
@@ -423,6 +425,58 @@ def monitor(
         raise typer.Exit(1)
 
 
+@app.command("retrain")
+def retrain(
+    name: Annotated[str, typer.Argument(help="The registered model, e.g. support-tickets.")],
+    config: ServeConfigOption,
+    from_logs: Annotated[
+        bool, typer.Option("--from-logs", help="Add the request log's corrections (and rated answers).")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Add these training examples (a data file).")
+    ] = None,
+    since: SinceOption = None,
+    min_rating: Annotated[
+        float | None,
+        typer.Option("--min-rating", min=0.0, max=1.0, help="With --from-logs: answers rated this well too."),
+    ] = None,
+    source: Annotated[str, typer.Option("--from", help="The alias of the version retrained.")] = "production",
+    to: Annotated[str, typer.Option("--to", help="The alias the new version is promoted to.")] = "staging",
+    out: Annotated[Path, typer.Option("--out", help="Folder that holds dataset versions.")] = Path(
+        "data/versions"
+    ),
+    as_json: JsonOption = False,
+    overrides: Overrides = None,
+) -> None:
+    """Train the production version's recipe on its data plus what production taught (corrections from the
+    logs, or --data), compare with production on the frozen test split and the new data, register, and
+    promote to staging through the gate. Exit 1 when the gate refuses."""
+    from hone.config import load_serve_config
+    from hone.monitor.retrain import print_retrained
+    from hone.monitor.retrain import retrain as run_retrain
+
+    if not from_logs and data is None:
+        raise HoneError("retrain: nothing new to train on: pass --from-logs, --data PATH or both")
+    result = run_retrain(
+        load_serve_config(config, overrides),
+        name,
+        console,
+        source=source,
+        to=to,
+        from_logs=from_logs,
+        data=data,
+        since=since,
+        min_rating=min_rating,
+        out=out,
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_retrained(result, console)
+    if not result.promoted:
+        raise typer.Exit(1)
+
+
 @feedback_app.command("list")
 def feedback_list(
     config: ServeConfigOption,
@@ -457,6 +511,48 @@ def feedback_show(
         print(json.dumps(shown, indent=2, default=str))
     else:
         print_rated(shown, console)
+
+
+@data_app.command("from-logs")
+def data_from_logs(
+    config: ServeConfigOption,
+    since: SinceOption = None,
+    min_rating: Annotated[
+        float | None,
+        typer.Option(
+            "--min-rating", help="Also take answers rated this well (0-1; thumbs up 1) and not corrected."
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Only requests this version answered (NAME/N).")
+    ] = None,
+    train: Annotated[
+        Path | None,
+        typer.Option("--train", help="Drop examples this train split holds; default monitor.train_split."),
+    ] = None,
+    test: Annotated[
+        Path | None, typer.Option("--test", help="The frozen test split: its prompts are left out.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder that holds dataset versions.")] = Path("data/versions"),
+    overrides: Overrides = None,
+) -> None:
+    """The request log's corrections (SFT examples and preference pairs) as a new dataset version, with
+    each example's response and feedback ids in its card. Exit 2 when nothing usable is found."""
+    from hone.config import load_serve_config
+    from hone.monitor.from_logs import dataset_from_logs, print_from_logs
+
+    settings = load_serve_config(config, overrides)
+    result = dataset_from_logs(
+        settings,
+        out,
+        since=since,
+        min_rating=min_rating,
+        include_rated=min_rating is not None,
+        train=train or settings.monitor.train_split,
+        test=test,
+        version=version,
+    )
+    print_from_logs(result, console)
 
 
 @app.command("serve-key")

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from hone.data.pii import find_pii, redact_pii
 from hone.data.sources import SourceSpec, mix_sources
 from hone.data.version import dataset_hash
 from hone.errors import HoneError
-from hone.io import atomic_write_json, atomic_write_jsonl, file_digest, remove_dead_staging
+from hone.io import atomic_write_json, atomic_write_jsonl, file_digest, staged_folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -148,22 +146,30 @@ def prepare_dataset(sources: list[SourceSpec], out: Path, options: PrepareOption
         examples, duplicates = drop_duplicates(examples)
     splits = split_examples(examples, options)
     version = dataset_hash(splits)
+    card = lambda: dataset_card(version, sources, splits, options, redactions, duplicates)  # noqa: E731
+    return write_dataset_version(out, version, splits, card)
+
+
+def write_dataset_version(
+    out: Path,
+    version: str,
+    files: dict[str, list[Example]],
+    card: dict[str, Any] | Callable[[], dict[str, Any]],
+) -> Path:
+    """`out/<version[:16]>/`: a JSONL file of canonical rows per entry of `files`, and `card.json`, staged
+    and renamed into place whole (a killed writer leaves only a hidden staging folder, which the next one
+    removes); a version already written with the same content is reused as it is. A card that takes long
+    to compute (prepare's checks) is passed as a function, called only when the version is new."""
     target = out / version[:16]
     if (target / "card.json").is_file():
         return target
-    remove_dead_staging(out)  # what a killed `data prepare` left behind
-    staging = out / f".tmp-{version[:16]}-pid{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        for name, members in splits.items():
-            atomic_write_jsonl(staging / f"{name}.jsonl", [canonical_row(e) for e in members])
-        card = dataset_card(version, sources, splits, options, redactions, duplicates)
-        atomic_write_json(staging / "card.json", card)
-        os.replace(staging, target)
+        with staged_folder(target) as staging:
+            for name, members in files.items():
+                atomic_write_jsonl(staging / f"{name}.jsonl", [canonical_row(e) for e in members])
+            atomic_write_json(staging / "card.json", card() if callable(card) else card)
     except OSError as exc:
         raise HoneError(f"{out}: could not write the dataset version ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

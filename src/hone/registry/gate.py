@@ -225,11 +225,16 @@ def contender(ladder: Ladder, folder: Path, version: Version, taken: str | None 
     return None
 
 
-def from_folder(folder: Path, candidate: Version, holder: Version | None, source: str) -> GateLadder | None:
-    """A ladder in `folder` that holds the candidate (and the holder, when there is one), else None."""
+def from_folder(
+    folder: Path, candidate: Version, holder: Version | None, source: str, test_hash: str | None = None
+) -> GateLadder | None:
+    """A ladder in `folder` that holds the candidate (and the holder, when there is one), on the test split
+    whose hash is `test_hash` when given, else None."""
     if not (folder / LADDER).is_file():
         return None
     ladder = contract.read(Ladder, folder / LADDER)
+    if test_hash is not None and ladder.task.dataset_hash != test_hash:
+        return None  # another test set (a retrain's held-out slice of new data): not what the gate judges on
     mine = contender(ladder, folder, candidate)
     if mine is None:
         return None
@@ -240,12 +245,18 @@ def from_folder(folder: Path, candidate: Version, holder: Version | None, source
 
 
 def registered_ladder(
-    registry: Registry, candidate: Version, folder: Path, holder: Version | None, scratch: Path
+    registry: Registry,
+    candidate: Version,
+    folder: Path,
+    holder: Version | None,
+    scratch: Path,
+    test_hash: str | None = None,
 ) -> GateLadder | None:
     """A ladder that already holds both: registered with the candidate, or run by the gate before."""
     evaluations = folder / "evaluations"
     for evaluation in sorted(evaluations.iterdir()) if evaluations.is_dir() else []:
-        found = from_folder(evaluation, candidate, holder, f"{candidate.ref} evaluations/{evaluation.name}")
+        where = f"{candidate.ref} evaluations/{evaluation.name}"
+        found = from_folder(evaluation, candidate, holder, where, test_hash)
         if found is not None:
             return found
     run_id = candidate.tags.get(f"{GATE_LADDER_TAG}{holder.version if holder else 0}")
@@ -286,6 +297,21 @@ def run_gate_ladder(
 # Promotion and rollback -------------------------------------------------------------------------------
 
 
+def test_hash(config: HoneConfig) -> str | None:
+    """The content hash of the config's test split, as a ladder records it; None when it cannot be read
+    here (then any ladder holding both versions will do, as before the split was known)."""
+    from hone.data.load import load_split
+    from hone.data.version import dataset_hash
+
+    if config.data.test is None or not Path(config.data.test).is_file():
+        return None
+    try:
+        test = load_split(Path(config.data.test), config.data.system_prompt, config.data.format)
+        return dataset_hash({"test": test})
+    except HoneError:
+        return None
+
+
 def gate_config(folder: Path, config_path: Path | None, overrides: list[str] | None) -> HoneConfig:
     """The gate's settings: the given config, else the candidate's own resolved config."""
     return load_config(config_path or folder / "config.yaml", overrides)
@@ -300,22 +326,29 @@ def promote(
     overrides: list[str] | None = None,
     force: bool = False,
     reason: str | None = None,
+    against: str | None = None,
 ) -> Outcome:
-    """Move `alias` to the version `ref` names if the gate passes (or `force` with a `reason`); audited."""
+    """Move `alias` to the version `ref` names if the gate passes (or `force` with a `reason`); audited.
+
+    The gate compares the candidate with the alias's holder, or with the holder of `against` when given
+    (a candidate for `staging` is judged against `production`, not against the previous candidate)."""
     check_alias(alias)
     if force and not (reason and reason.strip()):
         raise HoneError('--force needs --reason "...": a forced promotion is recorded with why')
     candidate = registry.version(ref)
     folder = registry.folder(candidate)  # a tampered candidate is refused before anything runs
-    holder = registry.holder(candidate.name, alias)
+    previous = registry.holder(candidate.name, alias)
+    if previous is not None and previous.version == candidate.version:
+        return Outcome(candidate, alias, previous, [], moved=False, record=None)
+    holder = previous if against is None else registry.holder(candidate.name, check_alias(against))
     if holder is not None and holder.version == candidate.version:
-        return Outcome(candidate, alias, holder, [], moved=False, record=None)
+        holder = None  # the candidate already holds `against`: nothing to compare it with but the target
     holder_folder = registry.folder(holder) if holder else None
     config = gate_config(folder, config_path, overrides)
     source: str | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="hone-gate-") as scratch:
-            found = registered_ladder(registry, candidate, folder, holder, Path(scratch))
+            found = registered_ladder(registry, candidate, folder, holder, Path(scratch), test_hash(config))
             if found is None:
                 pair = (holder, holder_folder) if holder is not None and holder_folder is not None else None
                 found = run_gate_ladder(registry, config, (candidate, folder), pair, console)
@@ -331,7 +364,7 @@ def promote(
         user=os_user(),
         action=action,
         alias=alias,
-        from_version=holder.version if holder else None,
+        from_version=previous.version if previous else None,
         to_version=candidate.version,
         reason=reason,
         gate=[rule.as_record() for rule in rules],

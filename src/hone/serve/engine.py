@@ -116,7 +116,7 @@ class Batch:
             if matcher is not None and job.finish_reason is None:
                 matcher.accept_token(token)
                 if matcher.is_terminated():  # the grammar is complete: nothing may follow
-                    engine.end(job, "stop")
+                    end_job(job, "stop")
         return chosen
 
     def forward(self, engine: TransformersEngine, tokens: list[int]) -> None:
@@ -299,7 +299,7 @@ class TransformersEngine:
     def fail(self, job: Job, exc: Exception) -> None:
         if job.finish_reason is None:
             job.error = f"{type(exc).__name__}: {exc}"
-            self.end(job, "error")
+            end_job(job, "error")
 
     # Adapters ------------------------------------------------------------------------------------------
 
@@ -387,36 +387,43 @@ class TransformersEngine:
         return {token for token in ids if token is not None}
 
     def step(self, job: Job, token: int, eos: set[int], text: Detokenizer) -> None:
-        """Add one token to a job: stream its text, end it on an end token, a stop string or its length."""
+        """Add one token to a job, or end it on an end token."""
         if token in eos:
-            self.end(job, "stop")
-            return
-        job.tokens.append(token)
-        before = len(job.text)
-        job.text += text.add(self.tokenizer, job.tokens)
-        longest = max((len(stop) for stop in job.stop), default=0)
-        for stop in job.stop:  # only where the new text could have completed one
-            cut = job.text.find(stop, max(0, before - longest))
-            if cut >= 0:
-                job.text = job.text[:cut]
-                self.end(job, "stop")
-                return
-        held = max(longest - 1, 0)  # a stop string may be half-way out
-        ready = len(job.text) - held
-        if job.on_text is not None and ready > job.sent:
-            job.on_text(job.text[job.sent : ready])
-            job.sent = ready
-        if len(job.tokens) >= job.max_tokens:
-            self.end(job, "length")
+            end_job(job, "stop")
+        else:
+            add_token(job, token, self.tokenizer, text, job.max_tokens)
 
-    def end(self, job: Job, reason: str) -> None:
-        job.finish_reason = reason
-        job.finished = time.perf_counter()
-        if job.on_text is not None and job.error is None and len(job.text) > job.sent:
-            job.on_text(job.text[job.sent :])
-            job.sent = len(job.text)
-        if job.on_done is not None:
-            job.on_done()
+
+def add_token(job: Job, token: int, tokenizer: Any, text: Detokenizer, limit: int) -> None:
+    """One token more: stream its text, end the job on a stop string or at `limit` tokens (every engine
+    that decodes token by token, so they write the same text for the same tokens)."""
+    job.tokens.append(token)
+    before = len(job.text)
+    job.text += text.add(tokenizer, job.tokens)
+    longest = max((len(stop) for stop in job.stop), default=0)
+    for stop in job.stop:  # only where the new text could have completed one
+        cut = job.text.find(stop, max(0, before - longest))
+        if cut >= 0:
+            job.text = job.text[:cut]
+            end_job(job, "stop")
+            return
+    ready = len(job.text) - max(longest - 1, 0)  # a stop string may be half-way out
+    if job.on_text is not None and ready > job.sent:
+        job.on_text(job.text[job.sent : ready])
+        job.sent = ready
+    if len(job.tokens) >= limit:
+        end_job(job, "length")
+
+
+def end_job(job: Job, reason: str) -> None:
+    """The job has ended: the text held back goes out, then its end is signalled."""
+    job.finish_reason = reason
+    job.finished = time.perf_counter()
+    if job.on_text is not None and job.error is None and len(job.text) > job.sent:
+        job.on_text(job.text[job.sent :])
+        job.sent = len(job.text)
+    if job.on_done is not None:
+        job.on_done()
 
 
 def seeded(seed: int | None) -> torch.Generator | None:

@@ -34,7 +34,7 @@ from hone.export.merge import merge
 from hone.io import atomic_write_json, file_digest, staged_folder
 from hone.models.resolve import hone_home
 from hone.runs import MANIFEST
-from hone.serve.engine import Detokenizer, Job, QueueFull
+from hone.serve.engine import Detokenizer, Job, QueueFull, add_token, end_job
 from hone.serve.models import BASE, Target
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class LlamaCppEngine:
                 logger.exception("generation failed")
                 if job.finish_reason is None:
                     job.error = f"{type(exc).__name__}: {exc}"
-                    end(job, "error")
+                    end_job(job, "error")
 
     # Grammars ------------------------------------------------------------------------------------------
 
@@ -225,9 +225,9 @@ class LlamaCppEngine:
         try:
             for token in tokens:
                 if token in stops or llama_cpp.llama_vocab_is_eog(vocab, token):
-                    end(job, "stop")
+                    end_job(job, "stop")
                 else:
-                    self.add(job, token, limit, text)
+                    add_token(job, token, self.tokenizer, text, limit)
                 if job.finish_reason is not None:
                     break
         except Exception:
@@ -235,35 +235,6 @@ class LlamaCppEngine:
             raise
         finally:
             tokens.close()
-
-    def add(self, job: Job, token: int, limit: int, text: Detokenizer) -> None:
-        """One token more: stream its text, end the job on a stop string or its length."""
-        job.tokens.append(token)
-        before = len(job.text)
-        job.text += text.add(self.tokenizer, job.tokens)
-        longest = max((len(stop) for stop in job.stop), default=0)
-        for stop in job.stop:  # only where the new text could have completed one
-            cut = job.text.find(stop, max(0, before - longest))
-            if cut >= 0:
-                job.text = job.text[:cut]
-                end(job, "stop")
-                return
-        ready = len(job.text) - max(longest - 1, 0)  # a stop string may be half-way out
-        if job.on_text is not None and ready > job.sent:
-            job.on_text(job.text[job.sent : ready])
-            job.sent = ready
-        if len(job.tokens) >= limit:
-            end(job, "length")
-
-
-def end(job: Job, reason: str) -> None:
-    job.finish_reason = reason
-    job.finished = time.perf_counter()
-    if job.on_text is not None and job.error is None and len(job.text) > job.sent:
-        job.on_text(job.text[job.sent :])
-        job.sent = len(job.text)
-    if job.on_done is not None:
-        job.on_done()
 
 
 def default_threads() -> int:
