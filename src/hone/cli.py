@@ -411,8 +411,8 @@ def monitor(
     """Requests, errors, latency, feedback, online checks and input drift per route and version; canaries
     judged against production."""
     from hone.config import load_serve_config
-    from hone.monitor.run import monitor as measure
-    from hone.monitor.run import print_monitoring, write_prometheus
+    from hone.operate.monitor import monitor as measure
+    from hone.operate.monitor import print_monitoring, write_prometheus
 
     result = measure(load_serve_config(config, overrides), since)
     if prometheus is not None:
@@ -452,8 +452,8 @@ def retrain(
     logs, or --data), compare with production on the frozen test split and the new data, register, and
     promote to staging through the gate. Exit 1 when the gate refuses."""
     from hone.config import load_serve_config
-    from hone.monitor.retrain import print_retrained
-    from hone.monitor.retrain import retrain as run_retrain
+    from hone.operate.retrain import print_retrained
+    from hone.operate.retrain import retrain as run_retrain
 
     if not from_logs and data is None:
         raise HoneError("retrain: nothing new to train on: pass --from-logs, --data PATH or both")
@@ -486,7 +486,7 @@ def feedback_list(
 ) -> None:
     """Feedback in the window, newest last: the rating, the version rated, and whether it has a correction."""
     from hone.config import load_serve_config
-    from hone.monitor.feedback import list_feedback, print_feedback
+    from hone.operate.feedback import list_feedback, print_feedback
 
     rows = list_feedback(load_serve_config(config, overrides), since)
     if as_json:
@@ -504,7 +504,7 @@ def feedback_show(
 ) -> None:
     """One rated response in full: the request, the answer, each rating, correction and comment."""
     from hone.config import load_serve_config
-    from hone.monitor.feedback import print_rated, rated_response
+    from hone.operate.feedback import print_rated, rated_response
 
     shown = rated_response(load_serve_config(config, overrides), id)
     if as_json:
@@ -539,7 +539,7 @@ def data_from_logs(
     """The request log's corrections (SFT examples and preference pairs) as a new dataset version, with
     each example's response and feedback ids in its card. Exit 2 when nothing usable is found."""
     from hone.config import load_serve_config
-    from hone.monitor.from_logs import dataset_from_logs, print_from_logs
+    from hone.operate.from_logs import dataset_from_logs, print_from_logs
 
     settings = load_serve_config(config, overrides)
     result = dataset_from_logs(

@@ -62,8 +62,8 @@ def traffic() -> list[dict[str, Any]]:
 def test_logs_and_corrections_retrain_a_version_that_reaches_staging_and_the_canary(
     project: dict[str, Any],
 ) -> None:
-    from hone.monitor.retrain import retrain
-    from hone.monitor.run import monitor
+    from hone.operate.monitor import monitor
+    from hone.operate.retrain import retrain
 
     settings = ServeFile.model_validate(project["serve"])
     tickets = traffic()

@@ -19,7 +19,7 @@ from hone.config import ServeFile
 from hone.data.load import load_split, require_kind
 from hone.data.prepare import canonical_row
 from hone.errors import HoneError
-from hone.monitor.from_logs import VALIDATION_FROM, FromLogs, dataset_from_logs
+from hone.operate.from_logs import VALIDATION_FROM, FromLogs, dataset_from_logs
 from hone.serve.log import RequestLog
 
 SYSTEM = "Reply with the ticket's category."

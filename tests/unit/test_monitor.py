@@ -17,8 +17,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hone.config import ServeFile
-from hone.monitor.report import CANARY_MARGIN, Rate, window_seconds
-from hone.monitor.run import monitor, prometheus_text
+from hone.operate.monitor import monitor, prometheus_text
+from hone.operate.report import CANARY_MARGIN, Rate, window_seconds
 from hone.serve.log import RequestLog
 
 REPO = Path(__file__).resolve().parents[2]

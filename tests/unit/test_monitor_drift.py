@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hone.errors import HoneError
-from hone.monitor.drift import binomial_tail, embed_prompts, measure_drift
+from hone.operate.drift import binomial_tail, embed_prompts, measure_drift
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets"
 DIMENSIONS = 32

@@ -47,8 +47,8 @@ from hone.data.prepare import check_out_folder, redact_example, write_dataset_ve
 from hone.data.sources import RawRecord
 from hone.data.version import dataset_hash
 from hone.errors import HoneError, listed, located
-from hone.monitor.feedback import request_log
-from hone.monitor.report import window_seconds
+from hone.operate.feedback import request_log
+from hone.operate.report import window_seconds
 
 VALIDATION_FROM = 50  # SFT examples before a tenth is held out; fewer leave every correction to training
 VALIDATION_FRACTION = 0.1

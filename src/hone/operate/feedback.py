@@ -12,7 +12,7 @@ from rich.table import Table
 
 from hone.config import ServeFile
 from hone.errors import HoneError
-from hone.monitor.report import last_user_turn, window_seconds
+from hone.operate.report import last_user_turn, window_seconds
 from hone.serve.log import RequestLog
 
 

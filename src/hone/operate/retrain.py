@@ -212,7 +212,7 @@ def new_examples(
     """The examples production taught: the log's corrections (a dataset version of their own, so their
     provenance is kept) and the --data file's."""
     from hone.data.load import load_split
-    from hone.monitor.from_logs import dataset_from_logs
+    from hone.operate.from_logs import dataset_from_logs
 
     examples: list[Any] = []
     if from_logs:

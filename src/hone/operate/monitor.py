@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hone.config import ServeFile
 from hone.errors import HoneError
-from hone.monitor.report import (
+from hone.operate.report import (
     Breach,
     CanaryComparison,
     VersionReport,
@@ -36,7 +36,7 @@ class Monitoring:
     reports: list[VersionReport]
     breaches: list[Breach]
     canaries: list[CanaryComparison]
-    drift: Any = None  # hone.monitor.drift.Drift, or None
+    drift: Any = None  # hone.operate.drift.Drift, or None
     drift_note: str | None = None  # why drift was not measured
     outlier_prompts: list[tuple[str, float]] = field(default_factory=list)
 
@@ -78,7 +78,7 @@ def measure_input_drift(settings: ServeFile, prompts: list[str], result: Monitor
     them than `drift_share` lie outside the split and a test says so at `drift_p_value` (the MMD test for a
     shift of the whole distribution, the binomial one for a new topic the MMD can miss)."""
     from hone.data.load import load_split
-    from hone.monitor.drift import embed_prompts, measure_drift
+    from hone.operate.drift import embed_prompts, measure_drift
 
     split = settings.monitor.train_split
     if split is None:

@@ -1,1 +1,0 @@
-"""Operating what is served: monitoring the request log, input drift, the canary comparison."""
